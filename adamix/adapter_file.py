@@ -1,0 +1,338 @@
+"""The adapter file (format version 1; see docs/adapter-format.md): write, read and validate.
+
+Safetensors only: the header is bounded and parsed by hand before any tensor is read; every key,
+shape, dtype and value is checked; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from adamix.backbone import BackboneInfo
+from adamix.config import AdaMixConfig
+from adamix.model import add_adamix, backbone_of, is_merged, site_names
+from adamix.task import AdaMixTaskModel, TaskSpec
+
+FORMAT_NAME = "adamix-adapter"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+MAX_METADATA_BYTES = 64 << 10
+MAX_FILE_BYTES = 256 << 20
+
+
+class AdapterFileError(ValueError):
+    """An adapter file that is malformed, inconsistent, or made for another backbone."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BackboneMismatchError(AdapterFileError):
+    """The adapter was trained on a different backbone than the one it is being loaded into."""
+
+
+@dataclass
+class AdapterFile:
+    """One merged task adapter: config, backbone identity, task, tensors (canonical keys) and provenance."""
+
+    config: AdaMixConfig
+    backbone: BackboneInfo
+    task: TaskSpec
+    tensors: dict[str, torch.Tensor]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def lora_scaling(self) -> float | None:
+        return self.config.lora_scaling if self.kind == "lora" else None
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "config": self.config.to_dict(),
+            "lora_scaling": self.lora_scaling,
+            "backbone": self.backbone.to_dict(),
+            "task": self.task.to_dict(),
+            "provenance": self.provenance,
+        }
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+# ---------------------------------------------------------------- canonical keys <-> model parameters
+
+def _canonical_key(name: str) -> str | None:
+    """Model parameter name (relative to the backbone, merged) -> file key; None if not an adapter param."""
+    for marker, prefix, parts in ((".adamix_adapter.", "adapter", {"down.0.weight": "down.weight",
+                                                                  "down.0.bias": "down.bias",
+                                                                  "up.0.weight": "up.weight",
+                                                                  "up.0.bias": "up.bias"}),
+                                  (".adamix_lora.", "lora", {"A.0": "A", "B.0": "B"})):
+        if marker in name:
+            site, _, rest = name.partition(marker)
+            site = site.removesuffix(".base_layer")
+            return f"{prefix}.{site}.{parts[rest]}"
+    return None
+
+
+def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec) -> dict[str, tuple[int, ...]]:
+    """Every key a valid file for (config, backbone, task) holds, with its shape."""
+    d = backbone.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for site in site_names(config, backbone.model_type, backbone.num_layers):
+        if config.kind == "adapter":
+            r = config.bottleneck
+            shapes.update({f"adapter.{site}.down.weight": (r, d), f"adapter.{site}.down.bias": (r,),
+                           f"adapter.{site}.up.weight": (d, r), f"adapter.{site}.up.bias": (d,)})
+        else:
+            fused = backbone.model_type == "gpt2"
+            k = config.lora_r * (len(config.lora_targets) if fused else 1)
+            shapes.update({f"lora.{site}.A": (k, d), f"lora.{site}.B": (3 * d if fused else d, k)})
+    if task.num_outputs:
+        shapes.update({"head.weight": (task.num_outputs, d), "head.bias": (task.num_outputs,)})
+    return shapes
+
+
+def adapter_from_model(model: AdaMixTaskModel | nn.Module, backbone: BackboneInfo, task: TaskSpec,
+                       provenance: dict | None = None) -> AdapterFile:
+    """Extract the served adapter (merged mixture + head) from a model built by `add_adamix`."""
+    config = getattr(model, "adamix_config", None)
+    if config is None:
+        raise ValueError("model has no AdaMix modules; build it with add_adamix")
+    if not is_merged(model):
+        raise ValueError("the adapter file holds the merged adapter; call merge_adamix(model) first")
+    tensors = {}
+    for name, param in backbone_of(model).named_parameters():
+        key = _canonical_key(name)
+        if key is not None:
+            tensors[key] = param.detach().to("cpu", torch.float32).contiguous().clone()
+    head = getattr(model, "head", None)
+    if task.num_outputs:
+        if head is None:
+            raise ValueError(f"a {task.type} adapter needs the model's task head; the model has none")
+        tensors["head.weight"] = head.weight.detach().to("cpu", torch.float32).contiguous().clone()
+        tensors["head.bias"] = head.bias.detach().to("cpu", torch.float32).contiguous().clone()
+    adapter = AdapterFile(config, backbone, task, tensors, dict(provenance or {}))
+    _check_tensors(adapter)
+    return adapter
+
+
+def task_model_from_adapter(backbone: nn.Module, adapter: AdapterFile) -> AdaMixTaskModel:
+    """Build the served model offline: `backbone` (fresh, unadapted) + the adapter's merged modules + head."""
+    model = AdaMixTaskModel(backbone, adapter.task)
+    add_adamix(model, dataclasses.replace(adapter.config, num_experts=1))
+    base = backbone_of(model)
+    params = {name: _canonical_key(name) for name, _ in base.named_parameters()}
+    params = {name: key for name, key in params.items() if key is not None}
+    adapter_keys = {k for k in adapter.tensors if not k.startswith("head.")}
+    if set(params.values()) != adapter_keys:
+        raise AdapterFileError(f"adapter keys do not fit the backbone: extra "
+                               f"{sorted(adapter_keys - set(params.values()))[:3]}, missing "
+                               f"{sorted(set(params.values()) - adapter_keys)[:3]}", "tensors")
+    with torch.no_grad():
+        for name, key in params.items():
+            base.get_parameter(name).copy_(adapter.tensors[key])
+        model.head.weight.copy_(adapter.tensors["head.weight"])
+        model.head.bias.copy_(adapter.tensors["head.bias"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------- writing
+
+def adapter_to_bytes(adapter: AdapterFile) -> bytes:
+    _check_tensors(adapter)
+    try:
+        metadata = json.dumps(adapter.metadata(), sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        raise AdapterFileError(f"metadata must be finite JSON: {exc}", "provenance") from None
+    if len(metadata) > MAX_METADATA_BYTES:
+        raise AdapterFileError(f"metadata is {len(metadata)} bytes, at most {MAX_METADATA_BYTES} allowed",
+                               "provenance")
+    return st_save(adapter.tensors, metadata={"adamix": metadata})
+
+
+def write_adapter_file(path: str | os.PathLike, adapter: AdapterFile) -> str:
+    """Write atomically (temp file, fsync, rename); return the file's sha256."""
+    data = adapter_to_bytes(adapter)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+
+def read_adapter_file(path: str | os.PathLike, backbone: BackboneInfo | None = None,
+                      max_bytes: int = MAX_FILE_BYTES) -> AdapterFile:
+    """Read and validate an adapter file; with `backbone`, also refuse one made for another backbone."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise AdapterFileError(f"adapter file is {size} bytes, at most {max_bytes} allowed", "file")
+    return read_adapter_bytes(path.read_bytes(), backbone)
+
+
+def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> AdapterFile:
+    """Validate then parse adapter bytes (see `read_adapter_file`)."""
+    header = _parse_header(data)
+    meta_json = header.pop("__metadata__", None) or {}
+    if set(meta_json) != {"adamix"}:
+        raise AdapterFileError(f"__metadata__ must hold exactly the key 'adamix', got {sorted(meta_json)}",
+                               "__metadata__")
+    config, info, task, provenance = _parse_metadata(meta_json["adamix"])
+    if backbone is not None:
+        check_backbone(info, backbone)
+    expected = expected_shapes(config, info, task)
+    _check_header_entries(header, expected)
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for corrupt offsets
+        raise AdapterFileError(f"tensor data is corrupt: {exc}", "file") from None
+    adapter = AdapterFile(config, info, task, tensors, provenance)
+    _check_tensors(adapter)
+    return adapter
+
+
+def check_backbone(recorded: BackboneInfo, loaded: BackboneInfo) -> None:
+    diffs = [f"{f}: adapter has {getattr(recorded, f)!r}, loaded backbone has {getattr(loaded, f)!r}"
+             for f in ("model_type", "num_layers", "hidden_size", "fingerprint")
+             if getattr(recorded, f) != getattr(loaded, f)]
+    if diffs:
+        raise BackboneMismatchError(
+            f"adapter was made for backbone {recorded.name!r}, not the loaded {loaded.name!r}: " + "; ".join(diffs),
+            "backbone")
+
+
+def _parse_header(data: bytes) -> dict:
+    if len(data) < 8:
+        raise AdapterFileError(f"file is {len(data)} bytes: too short to be safetensors", "file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES:
+        raise AdapterFileError(f"safetensors header declares {n} bytes, at most {MAX_HEADER_BYTES} allowed", "header")
+    if 8 + n > len(data):
+        raise AdapterFileError(f"file is truncated: header needs {8 + n} bytes, file has {len(data)}", "file")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(f"safetensors header is not valid JSON: {exc}", "header") from None
+    if not isinstance(header, dict):
+        raise AdapterFileError("safetensors header must be a JSON object", "header")
+    end = max((e.get("data_offsets", [0, 0])[1] for k, e in header.items()
+               if k != "__metadata__" and isinstance(e, dict) and isinstance(e.get("data_offsets"), list)
+               and len(e["data_offsets"]) == 2 and isinstance(e["data_offsets"][1], int)), default=0)
+    if 8 + n + end != len(data):
+        raise AdapterFileError(f"file is {len(data)} bytes but its header describes {8 + n + end} (truncated or "
+                               "padded)", "file")
+    return header
+
+
+def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dict]:
+    if len(raw) > MAX_METADATA_BYTES:
+        raise AdapterFileError(f"metadata is {len(raw)} bytes, at most {MAX_METADATA_BYTES} allowed", "__metadata__")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"metadata 'adamix' is not valid JSON: {exc}", "__metadata__") from None
+    _require(meta, dict, "metadata")
+    if meta.get("format") != FORMAT_NAME:
+        raise AdapterFileError(f"metadata.format must be {FORMAT_NAME!r}, got {meta.get('format')!r}", "format")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdapterFileError(f"metadata.format_version {meta.get('format_version')!r} is not supported "
+                               f"(this reader reads version {FORMAT_VERSION})", "format_version")
+    allowed = {"format", "format_version", "kind", "config", "lora_scaling", "backbone", "task", "provenance"}
+    if set(meta) != allowed:
+        raise AdapterFileError(f"metadata keys must be {sorted(allowed)}, got {sorted(meta)}", "metadata")
+    try:
+        config = AdaMixConfig.from_dict(_require(meta["config"], dict, "config"))
+    except (TypeError, ValueError) as exc:
+        raise AdapterFileError(f"metadata.config: {exc}", "config") from None
+    if meta["kind"] != config.kind:
+        raise AdapterFileError(f"metadata.kind {meta['kind']!r} differs from config.kind {config.kind!r}", "kind")
+    if meta["lora_scaling"] != (config.lora_scaling if config.kind == "lora" else None):
+        raise AdapterFileError(f"metadata.lora_scaling {meta['lora_scaling']!r} does not match the config",
+                               "lora_scaling")
+    b = _require(meta["backbone"], dict, "backbone")
+    fields = {"name": str, "model_type": str, "num_layers": int, "hidden_size": int, "fingerprint": str}
+    if set(b) != set(fields):
+        raise AdapterFileError(f"metadata.backbone keys must be {sorted(fields)}, got {sorted(b)}", "backbone")
+    for name, typ in fields.items():
+        _require(b[name], typ, f"backbone.{name}")
+    if not (0 < b["num_layers"] <= 256 and 0 < b["hidden_size"] <= 65536):
+        raise AdapterFileError(f"metadata.backbone sizes out of range: {b}", "backbone")
+    info = BackboneInfo(**b)
+    t = _require(meta["task"], dict, "task")
+    task_fields = {"type", "labels", "pooling", "max_seq_len"}
+    if set(t) != task_fields:
+        raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)}, got {sorted(t)}", "task")
+    try:
+        task = TaskSpec(type=t["type"], labels=tuple(_require(t["labels"], list, "task.labels")),
+                        pooling=t["pooling"], max_seq_len=t["max_seq_len"])
+    except ValueError as exc:
+        raise AdapterFileError(f"metadata.task: {exc}", "task") from None
+    provenance = _require(meta["provenance"], dict, "provenance")
+    return config, info, task, provenance
+
+
+def _require(value, typ: type, name: str):
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise AdapterFileError(f"metadata.{name} must be a {typ.__name__}, got {type(value).__name__}", name)
+    return value
+
+
+def _check_header_entries(header: dict, expected: dict[str, tuple[int, ...]]) -> None:
+    extra = sorted(set(header) - set(expected))
+    missing = sorted(set(expected) - set(header))
+    if extra:
+        raise AdapterFileError(f"unexpected tensor key(s) {extra[:5]} for this config and backbone", extra[0])
+    if missing:
+        raise AdapterFileError(f"missing tensor key(s) {missing[:5]}", missing[0])
+    for key, shape in expected.items():
+        entry = header[key]
+        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
+            got = entry.get("dtype") if isinstance(entry, dict) else entry
+            raise AdapterFileError(f"tensor {key!r} must have dtype F32, got {got!r}", key)
+        if entry.get("shape") != list(shape):
+            raise AdapterFileError(f"tensor {key!r} must have shape {list(shape)}, got {entry.get('shape')!r}", key)
+
+
+def _check_tensors(adapter: AdapterFile) -> None:
+    expected = expected_shapes(adapter.config, adapter.backbone, adapter.task)
+    if set(adapter.tensors) != set(expected):
+        extra = sorted(set(adapter.tensors) - set(expected))
+        missing = sorted(set(expected) - set(adapter.tensors))
+        raise AdapterFileError(f"adapter tensors do not match the config: extra {extra[:5]}, missing {missing[:5]}",
+                               (extra or missing)[0])
+    for key, shape in expected.items():
+        tensor = adapter.tensors[key]
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
+            raise AdapterFileError(f"tensor {key!r} must be float32 {list(shape)}, got {tensor.dtype} "
+                                   f"{list(tensor.shape)}", key)
+        if not torch.isfinite(tensor).all():
+            raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)

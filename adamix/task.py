@@ -1,0 +1,97 @@
+"""A task model: frozen backbone (+ AdaMix modules) -> pooling -> linear task head."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from adamix.backbone import hidden_size_of
+
+TaskType = Literal["classification", "pair_classification", "regression", "generation"]
+Pooling = Literal["mean", "cls", "pooler", "last"]
+TASK_TYPES = ("classification", "pair_classification", "regression", "generation")
+POOLINGS = ("mean", "cls", "pooler", "last")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is: its type, label names (one per head row), pooling and max sequence length."""
+
+    type: TaskType
+    labels: tuple[str, ...] = ()
+    pooling: Pooling = "mean"
+    max_seq_len: int = 128
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise ValueError(f"TaskSpec.type must be one of {TASK_TYPES}, got {self.type!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"TaskSpec.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        labels = tuple(self.labels)
+        object.__setattr__(self, "labels", labels)
+        if self.type in ("classification", "pair_classification"):
+            if len(labels) < 2 or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
+                raise ValueError(f"TaskSpec.labels must be >= 2 distinct non-empty strings for {self.type}, got {labels!r}")
+        elif labels:
+            raise ValueError(f"TaskSpec.labels must be empty for {self.type}, got {labels!r}")
+        if not isinstance(self.max_seq_len, int) or not 1 <= self.max_seq_len <= 8192:
+            raise ValueError(f"TaskSpec.max_seq_len must be an integer in [1, 8192], got {self.max_seq_len!r}")
+
+    @property
+    def num_outputs(self) -> int:
+        """Head rows: one per label, 1 for regression, 0 (no head) for generation."""
+        return {"regression": 1, "generation": 0}.get(self.type, len(self.labels))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        data.pop("extra")
+        return data
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+         pooler_output: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, d) token states -> (B, d) per the task's pooling."""
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        last = attention_mask.sum(1).long().clamp_min(1) - 1  # (B,) index of the last real token (right padding)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "pooler":
+        if pooler_output is None:
+            raise ValueError("pooling 'pooler' needs a backbone with a pooler (BERT)")
+        return pooler_output
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+
+
+class AdaMixTaskModel(nn.Module):
+    """Backbone -> pooled state -> dropout -> `head` (Linear d -> num_outputs). Logits are (B, C)."""
+
+    def __init__(self, backbone: nn.Module, task: TaskSpec, head_dropout: float = 0.1) -> None:
+        super().__init__()
+        if task.type == "generation":
+            raise ValueError("generation tasks use the backbone's LM head, not AdaMixTaskModel")
+        self.backbone = backbone
+        self.task = task
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(hidden_size_of(backbone.config), task.num_outputs)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = pool(out.last_hidden_state, attention_mask, self.task.pooling,
+                      getattr(out, "pooler_output", None))  # (B, d)
+        return self.head(self.dropout(pooled))  # (B, C)

@@ -1,0 +1,1 @@
+"""AdaMix Serve: the multi-tenant inference server (FastAPI) over one shared frozen backbone."""

@@ -1,0 +1,1 @@
+"""`adamix train` / `adamix eval`: train AdaMix mixtures on labelled data and export merged adapters."""
