@@ -21,7 +21,7 @@ from torch import nn
 
 from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
-from adamix.model import add_adamix, backbone_of, is_merged, site_names
+from adamix.model import ARCHITECTURES, _fused_mask, add_adamix, backbone_of, is_merged, site_names
 from adamix.task import AdaMixTaskModel, TaskSpec
 
 FORMAT_NAME = "adamix-adapter"
@@ -202,10 +202,11 @@ def read_adapter_file(path: str | os.PathLike, backbone: BackboneInfo | None = N
 def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> AdapterFile:
     """Validate then parse adapter bytes (see `read_adapter_file`)."""
     header = _parse_header(data)
-    meta_json = header.pop("__metadata__", None) or {}
-    if set(meta_json) != {"adamix"}:
-        raise AdapterFileError(f"__metadata__ must hold exactly the key 'adamix', got {sorted(meta_json)}",
-                               "__metadata__")
+    meta_json = header.pop("__metadata__", None)
+    if not isinstance(meta_json, dict) or set(meta_json) != {"adamix"} or not isinstance(meta_json["adamix"], str):
+        got = sorted(meta_json) if isinstance(meta_json, dict) else type(meta_json).__name__
+        raise AdapterFileError(f"__metadata__ must be an object holding exactly the key 'adamix' (a JSON string), "
+                               f"got {got}", "__metadata__")
     config, info, task, provenance = _parse_metadata(meta_json["adamix"])
     if backbone is not None:
         check_backbone(info, backbone)
@@ -230,7 +231,14 @@ def check_backbone(recorded: BackboneInfo, loaded: BackboneInfo) -> None:
             "backbone")
 
 
+_FOREIGN_MAGIC = ((b"PK\x03\x04", "a zip archive (e.g. torch.save)"), (b"\x80\x02", "a pickle"),
+                  (b"\x80\x03", "a pickle"), (b"\x80\x04", "a pickle"), (b"\x80\x05", "a pickle"))
+
+
 def _parse_header(data: bytes) -> dict:
+    for magic, what in _FOREIGN_MAGIC:
+        if data.startswith(magic):
+            raise AdapterFileError(f"file is {what}, not safetensors; pickle-based files are never loaded", "file")
     if len(data) < 8:
         raise AdapterFileError(f"file is {len(data)} bytes: too short to be safetensors", "file")
     (n,) = struct.unpack("<Q", data[:8])
@@ -257,8 +265,8 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
     if len(raw) > MAX_METADATA_BYTES:
         raise AdapterFileError(f"metadata is {len(raw)} bytes, at most {MAX_METADATA_BYTES} allowed", "__metadata__")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        meta = json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
         raise AdapterFileError(f"metadata 'adamix' is not valid JSON: {exc}", "__metadata__") from None
     _require(meta, dict, "metadata")
     if meta.get("format") != FORMAT_NAME:
@@ -291,13 +299,17 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
     task_fields = {"type", "labels", "pooling", "max_seq_len"}
     if set(t) != task_fields:
         raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)}, got {sorted(t)}", "task")
+    labels = tuple(_require(t["labels"], list, "task.labels"))
     try:
-        task = TaskSpec(type=t["type"], labels=tuple(_require(t["labels"], list, "task.labels")),
-                        pooling=t["pooling"], max_seq_len=t["max_seq_len"])
+        task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"])
     except ValueError as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")
     return config, info, task, provenance
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not allowed in metadata (JSON numbers must be finite)")
 
 
 def _require(value, typ: type, name: str):
@@ -336,3 +348,16 @@ def _check_tensors(adapter: AdapterFile) -> None:
                                    f"{list(tensor.shape)}", key)
         if not torch.isfinite(tensor).all():
             raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
+    _check_fused_lora_mask(adapter)
+
+
+def _check_fused_lora_mask(adapter: AdapterFile) -> None:
+    """GPT-2 c_attn: each target's r columns of B may only feed its own q/k/v slice (zero elsewhere)."""
+    if adapter.kind != "lora" or not ARCHITECTURES[adapter.backbone.model_type].fused_qkv:
+        return
+    for key, tensor in adapter.tensors.items():
+        if key.startswith("lora.") and key.endswith(".B"):
+            outside = tensor * (1.0 - _fused_mask(tensor.shape[0], adapter.config))  # (out, k)
+            if outside.any():
+                raise AdapterFileError(f"tensor {key!r} is non-zero outside the q/k/v slices of its targets "
+                                       f"{list(adapter.config.lora_targets)} (e.g. on the key rows)", key)

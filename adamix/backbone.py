@@ -55,15 +55,18 @@ def num_layers_of(config) -> int:
 def backbone_fingerprint(backbone: nn.Module) -> str:
     """sha256 over the backbone's architecture fields and every weight (as float32, in name order).
 
+    The same before and after `add_adamix` (adapter weights and the sites' wrapping are ignored).
+
     Call it before casting the backbone to fp16/bf16 so the fingerprint is that of the stored weights.
     """
     h = hashlib.sha256()
     config = backbone.config
     fields = {f: getattr(config, f) for f in _FINGERPRINT_CONFIG_FIELDS if hasattr(config, f)}
     h.update(json.dumps(fields, sort_keys=True).encode())
-    for name, tensor in sorted(backbone.state_dict().items()):
-        if "adamix_" in name:
-            continue
+    # Names as in the unadapted backbone: AdaMix sites add `.base_layer` to the wrapped layer's names.
+    weights = {name.replace(".base_layer.", "."): tensor for name, tensor in backbone.state_dict().items()
+               if "adamix_" not in name}
+    for name, tensor in sorted(weights.items()):
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,7 +52,7 @@ class AdaMixConfig:
         for name in ("share_up", "share_down", "lora_share_b"):
             self._check(name, isinstance(getattr(self, name), bool), "a bool")
         self._check("placement", self.placement in ("ffn", "attention", "both"), "'ffn', 'attention' or 'both'")
-        self._check("lora_alpha", _is_number(self.lora_alpha) and self.lora_alpha > 0, "a number > 0")
+        self._check("lora_alpha", _is_number(self.lora_alpha) and self.lora_alpha > 0, "a finite number > 0")
         self._check("lora_dropout", _is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "in [0, 1)")
         self._check(
             "lora_targets",
@@ -60,7 +61,7 @@ class AdaMixConfig:
             "a non-empty subset of ('query', 'key', 'value') without repeats",
         )
         self._check("consistency_weight", _is_number(self.consistency_weight) and self.consistency_weight >= 0,
-                    "a number >= 0")
+                    "a finite number >= 0")
         self._check("init_std", _is_number(self.init_std) and 0 < self.init_std <= 1, "in (0, 1]")
         self._check("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                     "an integer >= 0")
@@ -91,4 +92,5 @@ class AdaMixConfig:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite int or float (not a bool, NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

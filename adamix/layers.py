@@ -89,7 +89,7 @@ class MixtureAdapter(nn.Module):
         for layer, weight, bias in ((plain.down[0], down_w, down_b), (plain.up[0], up_w, up_b)):
             layer.weight = nn.Parameter(weight.detach().clone())
             layer.bias = nn.Parameter(bias.detach().clone())
-        return plain
+        return plain.train(self.training)  # a fresh module starts in train mode; keep the mixture's mode
 
 
 class MixtureLoRA(nn.Module):
@@ -141,7 +141,7 @@ class MixtureLoRA(nn.Module):
                             self.out_mask)
         plain.A[0] = nn.Parameter(a.detach().clone())
         plain.B[0] = nn.Parameter(b.detach().clone())
-        return plain
+        return plain.train(self.training)  # keep eval mode (LoRA dropout off) across merging
 
 
 class AdapterSite(nn.Module):

@@ -74,10 +74,6 @@ def add_adamix(model: nn.Module, config: AdaMixConfig) -> nn.Module:
     arch = architecture_of(backbone)
     if any(isinstance(m, (AdapterSite, LoRASite)) for m in backbone.modules()):
         raise ValueError("model already has AdaMix modules; add_adamix must be applied once")
-    for param in backbone.parameters():
-        param.requires_grad_(False)
-    router = Router(config.seed)
-    init_gen = torch.Generator().manual_seed(config.seed)
     patterns = [re.compile(p) for p in _site_patterns(config, arch)]
     names = [n for n, _ in backbone.named_modules() if any(p.fullmatch(n) for p in patterns)]
     if not names:
@@ -86,11 +82,16 @@ def add_adamix(model: nn.Module, config: AdaMixConfig) -> nn.Module:
     if sorted(names) != expected:
         raise ValueError(f"add_adamix matched {sorted(names)[:4]}..., expected {expected[:4]}...: "
                          "the backbone's module layout is not the one its model_type declares")
+    features = {name: layer_features(backbone.get_submodule(name)) for name in names}  # raises on a non-Linear
+    for param in backbone.parameters():  # only once every check passed: a refused call changes nothing
+        param.requires_grad_(False)
+    router = Router(config.seed)
+    init_gen = torch.Generator().manual_seed(config.seed)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = backbone.get_submodule(parent_name)
         base = getattr(parent, child)
-        in_f, out_f = layer_features(base)
+        in_f, out_f = features[name]
         ref = base.weight
         if config.kind == "adapter":
             mix = MixtureAdapter(out_f, config.bottleneck, config.num_experts, config.share_up, config.share_down,

@@ -37,7 +37,8 @@ class TaskSpec:
                 raise ValueError(f"TaskSpec.labels must be >= 2 distinct non-empty strings for {self.type}, got {labels!r}")
         elif labels:
             raise ValueError(f"TaskSpec.labels must be empty for {self.type}, got {labels!r}")
-        if not isinstance(self.max_seq_len, int) or not 1 <= self.max_seq_len <= 8192:
+        if not isinstance(self.max_seq_len, int) or isinstance(self.max_seq_len, bool) \
+                or not 1 <= self.max_seq_len <= 8192:
             raise ValueError(f"TaskSpec.max_seq_len must be an integer in [1, 8192], got {self.max_seq_len!r}")
 
     @property

@@ -1,0 +1,347 @@
+"""The adapter file: round trips, and every crafted bad file refused with a specific error (no unpickling)."""
+import hashlib
+import io
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from adamix import (AdaMixConfig, AdaMixTaskModel, AdapterFile, AdapterFileError, BackboneMismatchError, TaskSpec,
+                    adapter_from_model, add_adamix, backbone_fingerprint, backbone_info, merge_adamix,
+                    read_adapter_bytes, read_adapter_file, task_model_from_adapter, write_adapter_file)
+from adamix.adapter_file import adapter_to_bytes
+from tests.adamix.util import ARCHS, make_inputs, perturb_adapters
+from tests.conftest import tiny_backbone
+
+LABELS = ("negative", "positive")
+
+
+def build_adapter(model_type: str, kind: str, task: TaskSpec | None = None, **config_kwargs):
+    """(adapter file, the merged eval-mode task model it came from) for a tiny backbone."""
+    backbone = tiny_backbone(model_type)
+    info = backbone_info(backbone, f"tiny-{model_type}")
+    task = task or TaskSpec("classification", LABELS, pooling="last" if model_type == "gpt2" else "mean")
+    model = add_adamix(AdaMixTaskModel(backbone, task), AdaMixConfig(kind=kind, bottleneck=8, **config_kwargs))
+    perturb_adapters(model)
+    with torch.no_grad():
+        model.head.bias.normal_(generator=torch.Generator().manual_seed(2))
+    merge_adamix(model.eval())
+    return adapter_from_model(model, info, task, {"dataset": "synthetic", "score": 0.5}), model
+
+
+@pytest.fixture(scope="module")
+def good() -> AdapterFile:
+    return build_adapter("bert", "adapter")[0]
+
+
+# ---------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("model_type", ARCHS)
+@pytest.mark.parametrize("kind", ["adapter", "lora"])
+def test_round_trip_gives_identical_outputs(tmp_path, model_type, kind):
+    adapter, model = build_adapter(model_type, kind, placement="both")
+    path = tmp_path / "task.safetensors"
+    digest = write_adapter_file(path, adapter)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == ["task.safetensors"]  # no temp file left behind
+    fresh = tiny_backbone(model_type)
+    loaded = read_adapter_file(path, backbone=backbone_info(fresh, f"tiny-{model_type}"))
+    assert loaded.metadata() == adapter.metadata()
+    assert all(torch.equal(loaded.tensors[k], t) for k, t in adapter.tensors.items())
+    served = task_model_from_adapter(fresh, loaded)
+    inputs = make_inputs()
+    with torch.no_grad():
+        assert torch.equal(served(**inputs), model(**inputs))
+
+
+def test_generation_adapter_round_trip_has_no_head(tmp_path):
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    info = backbone_info(model.transformer, "tiny-gpt2-lm")
+    task = TaskSpec("generation", pooling="last")
+    add_adamix(model, AdaMixConfig(kind="lora", num_experts=8, consistency_weight=100.0))
+    perturb_adapters(model)
+    adapter = adapter_from_model(merge_adamix(model), info, task)
+    assert not any(k.startswith("head.") for k in adapter.tensors)
+    write_adapter_file(tmp_path / "gen.safetensors", adapter)
+    loaded = read_adapter_file(tmp_path / "gen.safetensors", backbone=info)
+    assert loaded.task == task and loaded.config.num_experts == 8
+    assert all(torch.equal(loaded.tensors[k], t) for k, t in adapter.tensors.items())
+
+
+def test_fingerprint_is_the_same_before_and_after_injection():
+    backbone = tiny_backbone("gpt2")
+    before = backbone_fingerprint(backbone)
+    add_adamix(backbone, AdaMixConfig(kind="lora"))
+    assert backbone_fingerprint(backbone) == before
+    assert backbone_fingerprint(tiny_backbone("gpt2", seed=1)) != before
+
+
+def test_adapter_from_an_unmerged_model_is_refused():
+    model = add_adamix(AdaMixTaskModel(tiny_backbone("bert"), TaskSpec("regression")), AdaMixConfig())
+    with pytest.raises(ValueError, match="merge_adamix"):
+        adapter_from_model(model, backbone_info(model.backbone, "tiny"), TaskSpec("regression"))
+
+
+def test_writing_refuses_non_finite_tensors_and_metadata(tmp_path, good):
+    bad = AdapterFile(good.config, good.backbone, good.task, dict(good.tensors), good.provenance)
+    bad.tensors["head.bias"] = torch.tensor([0.0, float("nan")])
+    with pytest.raises(AdapterFileError, match="non-finite") as info:
+        write_adapter_file(tmp_path / "x.safetensors", bad)
+    assert info.value.field == "head.bias"
+    huge = AdapterFile(good.config, good.backbone, good.task, good.tensors, {"notes": "x" * (70 << 10)})
+    with pytest.raises(AdapterFileError, match="metadata is"):
+        adapter_to_bytes(huge)
+    assert not list(tmp_path.iterdir())
+
+
+def test_file_over_the_size_limit_is_refused_before_reading(tmp_path, good):
+    path = tmp_path / "a.safetensors"
+    write_adapter_file(path, good)
+    with pytest.raises(AdapterFileError, match="at most 100 allowed"):
+        read_adapter_file(path, max_bytes=100)
+
+
+# ---------------------------------------------------------------- crafted bad files
+
+def _file(tensors: dict, meta: dict | str | None) -> bytes:
+    metadata = None if meta is None else {"adamix": meta if isinstance(meta, str) else json.dumps(meta)}
+    return st_save(tensors, metadata=metadata)
+
+
+def _with_tensors(adapter: AdapterFile, **changes) -> bytes:
+    """The adapter's file with tensors replaced (value) or removed (None); keys use '__' for '.'."""
+    tensors = dict(adapter.tensors)
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            tensors.pop(key)
+        else:
+            tensors[key] = value
+    return _file(tensors, adapter.metadata())
+
+
+def _with_meta(adapter: AdapterFile, path: str, value) -> bytes:
+    """The adapter's file with metadata[path] (dotted) set to value; value DELETE removes the key."""
+    meta = json.loads(json.dumps(adapter.metadata()))
+    *parents, last = path.split(".")
+    node = meta
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return _file(adapter.tensors, meta)
+
+
+DELETE = object()
+DOWN = "adapter.encoder.layer.0.output.dense.down.weight"  # (8, 32)
+
+
+def _header_only(header: bytes, declared: int | None = None) -> bytes:
+    return struct.pack("<Q", len(header) if declared is None else declared) + header
+
+
+BAD_TENSORS = [
+    ("extra-key", lambda a: _with_tensors(a, adapter__encoder__layer__0__output__dense__gate=torch.zeros(2)),
+     "adapter.encoder.layer.0.output.dense.gate", "unexpected tensor key"),
+    ("extra-head-key", lambda a: _with_tensors(a, head__scale=torch.ones(1)), "head.scale", "unexpected"),
+    ("missing-key", lambda a: _with_tensors(a, head__bias=None), "head.bias", "missing tensor key"),
+    ("missing-site", lambda a: _with_tensors(a, **{DOWN.replace(".", "__"): None}), DOWN, "missing"),
+    ("wrong-shape", lambda a: _with_tensors(a, **{DOWN.replace(".", "__"): torch.zeros(32, 8)}), DOWN,
+     r"must have shape \[8, 32\], got \[32, 8\]"),
+    ("wrong-rank", lambda a: _with_tensors(a, head__bias=torch.zeros(2, 1)), "head.bias", "shape"),
+    ("nan", lambda a: _with_tensors(a, head__weight=a.tensors["head.weight"].clone().index_fill_(1, torch.tensor([3]),
+                                                                                              float("nan"))),
+     "head.weight", "non-finite"),
+    ("inf", lambda a: _with_tensors(a, **{DOWN.replace(".", "__"): a.tensors[DOWN].clone().fill_(-float("inf"))}),
+     DOWN, "non-finite"),
+    ("f16", lambda a: _with_tensors(a, head__bias=torch.zeros(2, dtype=torch.float16)), "head.bias",
+     "dtype F32, got 'F16'"),
+    ("f64", lambda a: _with_tensors(a, head__bias=torch.zeros(2, dtype=torch.float64)), "head.bias",
+     "dtype F32, got 'F64'"),
+    ("bf16", lambda a: _with_tensors(a, head__bias=torch.zeros(2, dtype=torch.bfloat16)), "head.bias", "'BF16'"),
+    ("int", lambda a: _with_tensors(a, head__bias=torch.zeros(2, dtype=torch.int32)), "head.bias", "'I32'"),
+]
+
+BAD_CONTAINER = [
+    ("truncated", lambda a: adapter_to_bytes(a)[:-7], "file", "truncated"),
+    ("truncated-in-header", lambda a: adapter_to_bytes(a)[:200], "file", "truncated: header needs"),
+    ("padded", lambda a: adapter_to_bytes(a) + b"\0\0\0\0", "file", "truncated or padded"),
+    ("too-short", lambda a: b"\x10\0\0", "file", "too short"),
+    ("empty", lambda a: b"", "file", "too short"),
+    ("huge-header", lambda a: _header_only(b"{}", declared=1 << 40), "header", "header declares 1099511627776 bytes"),
+    ("header-just-over-limit", lambda a: _header_only(b" " * ((1 << 20) + 1)), "header", "at most 1048576"),
+    ("header-not-json", lambda a: _header_only(b"{not json at all"), "header", "not valid JSON"),
+    ("header-not-utf8", lambda a: _header_only(b"\xff\xfe{}"), "header", "not valid JSON"),
+    ("header-a-list", lambda a: _header_only(b"[1, 2]"), "header", "JSON object"),
+    ("no-metadata", lambda a: _file(a.tensors, None), "__metadata__", "exactly the key 'adamix'"),
+    ("metadata-other-key", lambda a: st_save(a.tensors, metadata={"format": "pt"}), "__metadata__", "'adamix'"),
+    ("metadata-a-list", lambda a: _header_only(b'{"__metadata__": ["adamix"]}'), "__metadata__", "got list"),
+    ("metadata-not-a-string", lambda a: _header_only(b'{"__metadata__": {"adamix": {"format": 1}}}'),
+     "__metadata__", "a JSON string"),
+    ("metadata-not-json", lambda a: _file(a.tensors, "{format: adamix"), "__metadata__", "not valid JSON"),
+    ("metadata-nan", lambda a: _file(a.tensors, json.dumps(a.metadata()).replace('"score": 0.5', '"score": NaN')),
+     "__metadata__", "NaN is not allowed"),
+    ("metadata-too-large", lambda a: _with_meta(a, "provenance.notes", "x" * (65 << 10)), "__metadata__",
+     "at most 65536"),
+    ("corrupt-offsets", lambda a: _corrupt_offsets(adapter_to_bytes(a)), "file", "corrupt"),
+]
+
+BAD_METADATA = [
+    ("format-name", "format", "safetensors-lora", "format", "must be 'adamix-adapter'"),
+    ("format-version-2", "format_version", 2, "format_version", "2 is not supported"),
+    ("format-version-string", "format_version", "1", "format_version", "not supported"),
+    ("extra-metadata-key", "signature", "abc", "metadata", "metadata keys must be"),
+    ("missing-task", "task", DELETE, "metadata", "metadata keys must be"),
+    ("unknown-config-field", "config.gate", "softmax", "config", r"no field\(s\) \['gate'\]"),
+    ("invalid-config-value", "config.num_experts", 0, "config", "AdaMixConfig.num_experts"),
+    ("config-not-object", "config", ["adapter"], "config", "must be a dict"),
+    ("kind-mismatch", "kind", "lora", "kind", "differs from config.kind"),
+    ("lora-scaling-for-adapter", "lora_scaling", 8.0, "lora_scaling", "does not match"),
+    ("backbone-missing-field", "backbone.fingerprint", DELETE, "backbone", "keys must be"),
+    ("backbone-layers-string", "backbone.num_layers", "2", "backbone.num_layers", "must be a int, got str"),
+    ("backbone-layers-bool", "backbone.num_layers", True, "backbone.num_layers", "got bool"),
+    ("backbone-hidden-zero", "backbone.hidden_size", 0, "backbone", "out of range"),
+    ("labels-duplicate", "task.labels", ["pos", "pos"], "task", "distinct"),
+    ("labels-one", "task.labels", ["only"], "task", ">= 2"),
+    ("labels-not-strings", "task.labels", [0, 1], "task", "non-empty strings"),
+    ("labels-not-a-list", "task.labels", "negative,positive", "task.labels", "must be a list"),
+    ("labels-disagree-with-head", "task.labels", ["a", "b", "c"], "head.weight", r"shape \[3, 32\]"),
+    ("task-type", "task.type", "ranking", "task", "TaskSpec.type"),
+    ("task-pooling", "task.pooling", "max", "task", "TaskSpec.pooling"),
+    ("task-extra-field", "task.prompt", "hi", "task", "task keys must be"),
+    ("max-seq-len-zero", "task.max_seq_len", 0, "task", "TaskSpec.max_seq_len"),
+    ("max-seq-len-bool", "task.max_seq_len", True, "task", "TaskSpec.max_seq_len"),
+    ("provenance-not-object", "provenance", "synthetic", "provenance", "must be a dict"),
+]
+
+
+def _corrupt_offsets(data: bytes) -> bytes:
+    """Point the first tensor's data at the second one's bytes (overlap), keeping the file length."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    keys = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    first, second = header[keys[0]], header[keys[1]]
+    first["data_offsets"] = [second["data_offsets"][0], second["data_offsets"][0] + first["data_offsets"][1]
+                             - first["data_offsets"][0]]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+def _assert_refused(data: bytes, field: str, match: str) -> AdapterFileError:
+    with pytest.raises(AdapterFileError, match=match) as info:
+        read_adapter_bytes(data)
+    assert info.value.field == field, str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("name, make, field, match", BAD_TENSORS, ids=[c[0] for c in BAD_TENSORS])
+def test_bad_tensors_are_refused(good, name, make, field, match):
+    _assert_refused(make(good), field, match)
+
+
+@pytest.mark.parametrize("name, make, field, match", BAD_CONTAINER, ids=[c[0] for c in BAD_CONTAINER])
+def test_bad_containers_are_refused(good, name, make, field, match):
+    _assert_refused(make(good), field, match)
+
+
+@pytest.mark.parametrize("name, path, value, field, match", BAD_METADATA, ids=[c[0] for c in BAD_METADATA])
+def test_bad_metadata_is_refused(good, name, path, value, field, match):
+    _assert_refused(_with_meta(good, path, value), field, match)
+
+
+def test_lora_scaling_must_match_the_config():
+    adapter, _ = build_adapter("bert", "lora")
+    _assert_refused(_with_meta(adapter, "lora_scaling", 4.0), "lora_scaling", "does not match")
+    _assert_refused(_with_meta(adapter, "lora_scaling", None), "lora_scaling", "does not match")
+
+
+def test_gpt2_lora_b_must_be_zero_outside_its_targets_slices():
+    adapter, _ = build_adapter("gpt2", "lora")
+    key = "lora.h.1.attn.c_attn.B"
+    b = adapter.tensors[key].clone()  # (3d, 2r): q rows feed from columns 0..r, v rows from r..2r
+    assert b[:32, :4].any() and b[64:, 4:].any() and not b[32:64].any() and not b[:32, 4:].any()
+    for rows, cols in ((slice(32, 64), slice(0, 8)), (slice(0, 32), slice(4, 8))):  # key rows; q rows of v's cols
+        bad = b.clone()
+        bad[rows, cols] = 0.1
+        _assert_refused(_with_tensors(adapter, **{key.replace(".", "__"): bad}), key, "outside the q/k/v slices")
+
+
+# ---------------------------------------------------------------- other backbones
+
+@pytest.mark.parametrize("other, differs, same", [
+    (lambda: backbone_info(tiny_backbone("bert", seed=1), "tiny-bert"), ["fingerprint"], ["hidden_size", "model_type"]),
+    (lambda: backbone_info(tiny_backbone("roberta"), "tiny-roberta"), ["model_type", "fingerprint"], ["num_layers"]),
+    (lambda: backbone_info(_bert(hidden=48), "tiny-bert"), ["hidden_size", "fingerprint"], ["num_layers"]),
+    (lambda: backbone_info(_bert(layers=3), "tiny-bert"), ["num_layers", "fingerprint"], ["hidden_size"]),
+], ids=["other-weights", "other-architecture", "other-width", "other-depth"])
+def test_an_adapter_for_another_backbone_is_refused_naming_what_differs(good, other, differs, same):
+    with pytest.raises(BackboneMismatchError) as info:
+        read_adapter_bytes(adapter_to_bytes(good), backbone=other())
+    message = str(info.value)
+    assert info.value.field == "backbone" and "'tiny-bert'" in message
+    assert all(f"{f}: adapter has" in message for f in differs)
+    assert not any(f"{f}: adapter has" in message for f in same)
+
+
+def test_the_same_backbone_loaded_again_is_accepted(good):
+    assert read_adapter_bytes(adapter_to_bytes(good), backbone=backbone_info(tiny_backbone("bert"), "x")).task == \
+        good.task
+
+
+def _bert(hidden: int = 32, layers: int = 2):
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=99, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                intermediate_size=37, max_position_embeddings=64))
+
+
+# ---------------------------------------------------------------- pickle files: refused, never unpickled
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling() -> str:
+    UNPICKLED.append("unpickled")
+    return "payload"
+
+
+class _Payload:
+    """An object whose unpickling calls `_record_unpickling` (what a malicious pickle would do)."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def _torch_save_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"head.weight": torch.zeros(2, 32), "payload": _Payload()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda: pickle.dumps({"head.weight": [0.0], "payload": _Payload()}), "a pickle"),
+    (lambda: pickle.dumps(_Payload(), protocol=2), "a pickle"),
+    (_torch_save_bytes, r"a zip archive \(e.g. torch.save\)"),
+], ids=["pickle-protocol-5", "pickle-protocol-2", "torch-save-zip"])
+def test_pickle_files_are_refused_without_unpickling(tmp_path, make, what):
+    data = make()
+    path = tmp_path / "adapter.safetensors"
+    path.write_bytes(data)
+    for read in (lambda: read_adapter_bytes(data), lambda: read_adapter_file(path)):
+        with pytest.raises(AdapterFileError, match=f"file is {what}, not safetensors") as info:
+            read()
+        assert info.value.field == "file"
+    assert UNPICKLED == []
+
+
+def test_a_protocol_0_pickle_is_refused_as_a_huge_header():
+    data = pickle.dumps({"a": 1}, protocol=0)
+    with pytest.raises(AdapterFileError, match="header declares"):
+        read_adapter_bytes(data)
