@@ -1,0 +1,1 @@
+"""Thin route modules: parse, call `ServerState`, shape the response."""

@@ -1,0 +1,58 @@
+"""Prometheus metrics (names from DESIGN.md), one `CollectorRegistry` per app so apps never collide."""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER_TASK = "_other"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServerMetrics:
+    """The server's metrics; `task` label values are capped at `max_tasks` distinct names."""
+
+    def __init__(self, max_tasks: int = 100) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("adamix_requests_total", "Predict requests by task and HTTP status.",
+                                ["task", "status"], registry=r)
+        self.request_duration = Histogram("adamix_request_duration_seconds", "Predict request latency.", ["task"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_duration = Histogram("adamix_queue_duration_seconds", "Time a request waits for its batch.",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("adamix_batch_size", "Rows per backbone forward.", buckets=_SIZE_BUCKETS,
+                                    registry=r)
+        self.batch_tasks = Histogram("adamix_batch_tasks", "Distinct task versions per backbone forward.",
+                                     buckets=_SIZE_BUCKETS, registry=r)
+        self.cache_lookups = Counter("adamix_adapter_cache_lookups_total", "Adapter cache lookups per tier.",
+                                     ["tier"], registry=r)
+        self.cache_hits = Counter("adamix_adapter_cache_hits_total", "Adapter cache hits per tier.", ["tier"],
+                                  registry=r)
+        self.evictions = Counter("adamix_adapter_evictions_total", "Adapters evicted per tier.", ["tier"], registry=r)
+        self.load_duration = Histogram("adamix_adapter_load_duration_seconds",
+                                       "Reading + validating one adapter from disk.", buckets=_LATENCY_BUCKETS,
+                                       registry=r)
+        self.resident = Gauge("adamix_adapters_resident", "Adapters resident per tier.", ["tier"], registry=r)
+        self.cache_bytes = Gauge("adamix_adapter_cache_bytes", "Bytes held per tier.", ["tier"], registry=r)
+        self.build_info = Gauge("adamix_build_info", "Constant 1, labelled with the build.", ["version", "backbone"],
+                                registry=r)
+        self._tasks: set[str] = set()
+        self._max_tasks = max_tasks
+        self._lock = threading.Lock()
+
+    def task_label(self, task: str) -> str:
+        """`task` itself for the first `max_tasks` distinct names seen, `_other` after that."""
+        if task in self._tasks:
+            return task
+        with self._lock:
+            if len(self._tasks) < self._max_tasks:
+                self._tasks.add(task)
+                return task
+        return OTHER_TASK
+
+    def lookup(self, tier: str, hit: bool) -> None:
+        self.cache_lookups.labels(tier).inc()
+        if hit:
+            self.cache_hits.labels(tier).inc()

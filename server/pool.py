@@ -1,0 +1,252 @@
+"""The device tier: a stacked pool of resident adapters, and the multi-task sites that gather from it.
+
+Every adaptable layer of the backbone (both adapter placements, LoRA on query/key/value) is wrapped
+once by a pool site. A pool slot holds one (task, version): for each site it uses, its weights padded
+with zeros to the pool's rank; for every other site, zeros. A zero adapter adds `up(gelu(0)) = 0` and a
+zero LoRA adds 0, so rows of both kinds and of any rank share one forward pass exactly:
+    adapter site: h + up(gelu(down(h)))          with down_w[slot], up_t[slot] gathered per row (bmm)
+    LoRA site:    base(x) + (x @ A[slot].T) @ (scaling * B[slot]).T
+A batch whose rows all use one slot takes the plain `F.linear` path; a site that no row uses is skipped.
+Only the engine's worker thread touches the pool's tensors and its batch plan.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamix import AdaMixConfig, AdapterFile
+from adamix.layers import layer_features
+from adamix.model import site_names
+
+POOLINGS = ("mean", "cls", "pooler", "last")
+
+
+@dataclass(frozen=True)
+class AdapterKey:
+    """Slots are keyed by (task, version): a hot-swapped task gets a new slot, in-flight rows keep the old."""
+
+    task: str
+    version: str
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    name: str
+    kind: str  # "adapter" | "lora"
+    in_features: int
+    out_features: int
+
+
+@dataclass
+class BatchPlan:
+    """What the sites need for one forward: each row's slot and, per site, the batch's max rank there."""
+
+    slots: torch.Tensor | None  # (B,) long, on the pool's device; None when no site is used
+    single: int | None  # the slot when every row uses the same one
+    ranks: dict[str, int] = field(default_factory=dict)  # site -> max rank over the batch's slots (absent: skip)
+    num_outputs: int = 0  # max head rows over the batch's slots
+
+
+def pool_site_specs(backbone: nn.Module, model_type: str, num_layers: int) -> dict[str, SiteSpec]:
+    """Every site any adapter file can use in this backbone."""
+    adapter = site_names(AdaMixConfig(kind="adapter", placement="both"), model_type, num_layers)
+    lora = site_names(AdaMixConfig(kind="lora", lora_targets=("query", "key", "value")), model_type, num_layers)
+    specs = {}
+    for kind, names in (("adapter", adapter), ("lora", lora)):
+        for name in names:
+            in_f, out_f = layer_features(backbone.get_submodule(name))
+            specs[name] = SiteSpec(name, kind, in_f, out_f)
+    return specs
+
+
+class AdapterPool:
+    """`slots` resident adapters stacked per site (ranks padded to `max_rank`) plus a stacked head pool."""
+
+    def __init__(self, specs: dict[str, SiteSpec], hidden: int, slots: int, max_rank: int, max_labels: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.specs = specs
+        self.num_slots = slots
+        self.max_rank = max_rank
+        self.max_labels = max_labels
+        self.device, self.dtype = device, dtype
+        self._weights: dict[str, tuple[torch.Tensor, ...]] = {}  # site -> stacked tensors, allocated on first use
+        self.head_w = torch.zeros(slots, max_labels, hidden, device=device, dtype=dtype)  # (S, L, d)
+        self.head_b = torch.zeros(slots, max_labels, device=device, dtype=dtype)  # (S, L)
+        self.slot_ranks: list[dict[str, int]] = [{} for _ in range(slots)]
+        self.slot_outputs = [0] * slots
+        self.slot_pooling = ["mean"] * slots
+        self.resident: OrderedDict[AdapterKey, int] = OrderedDict()  # LRU order, most recent last
+        self.pinned: set[AdapterKey] = set()
+        self._free = list(range(slots - 1, -1, -1))
+        self.plan = BatchPlan(None, None)
+
+    # ------------------------------------------------------------------ sizing
+
+    @staticmethod
+    def slot_bytes(specs: dict[str, SiteSpec], hidden: int, max_rank: int, max_labels: int, itemsize: int) -> int:
+        """Bytes one slot takes when every site is allocated (the bound the byte budget is divided by)."""
+        n = max_labels * (hidden + 1)
+        for s in specs.values():
+            n += max_rank * (s.in_features + s.out_features) + (max_rank + s.out_features if s.kind == "adapter" else 0)
+        return n * itemsize
+
+    def nbytes(self) -> int:
+        tensors = [self.head_w, self.head_b, *(t for ws in self._weights.values() for t in ws)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # ------------------------------------------------------------------ residency
+
+    def acquire(self, adapters: dict[AdapterKey, AdapterFile]
+                ) -> tuple[dict[AdapterKey, int], list[AdapterKey], list[AdapterKey]]:
+        """Slots for every key (loading missing ones, evicting least-recently-used unpinned others).
+
+        Returns (slot per key, keys loaded, keys evicted). At most `num_slots` keys per call.
+        """
+        if len(adapters) > self.num_slots:
+            raise ValueError(f"{len(adapters)} adapters in one batch, the pool has {self.num_slots} slots")
+        loaded, evicted = [], []
+        for key in adapters:
+            if key in self.resident:
+                self.resident.move_to_end(key)
+        for key, adapter in adapters.items():
+            if key not in self.resident:
+                slot = self._free.pop() if self._free else self._evict(adapters.keys(), evicted)
+                self._write_slot(slot, adapter)
+                self.resident[key] = slot
+                loaded.append(key)
+        return {key: self.resident[key] for key in adapters}, loaded, evicted
+
+    def _evict(self, keep, evicted: list[AdapterKey]) -> int:
+        for key in self.resident:  # least recently used first
+            if key not in keep and key not in self.pinned:
+                evicted.append(key)
+                return self.resident.pop(key)
+        raise RuntimeError("every pool slot is pinned or in use by this batch; raise the device pool budget")
+
+    # ------------------------------------------------------------------ slot contents
+
+    def _site_weights(self, name: str) -> tuple[torch.Tensor, ...]:
+        if name not in self._weights:
+            s, S, R = self.specs[name], self.num_slots, self.max_rank
+            z = dict(device=self.device, dtype=self.dtype)
+            if s.kind == "adapter":  # down_w (S, R, d), down_b (S, R), up_t (S, R, d) = up.weight.T, up_b (S, d)
+                self._weights[name] = (torch.zeros(S, R, s.out_features, **z), torch.zeros(S, R, **z),
+                                       torch.zeros(S, R, s.out_features, **z), torch.zeros(S, s.out_features, **z))
+            else:  # A (S, R, in), bt (S, R, out) = (scaling * B).T
+                self._weights[name] = (torch.zeros(S, R, s.in_features, **z), torch.zeros(S, R, s.out_features, **z))
+        return self._weights[name]
+
+    def _clear_slot(self, slot: int) -> None:
+        for name in self.slot_ranks[slot]:
+            for t in self._weights[name]:
+                t[slot].zero_()
+        self.slot_ranks[slot] = {}
+        self.head_w[slot].zero_()
+        self.head_b[slot].zero_()
+        self.slot_outputs[slot] = 0
+
+    @torch.no_grad()
+    def _write_slot(self, slot: int, adapter: AdapterFile) -> None:
+        self._clear_slot(slot)
+        ranks = {}
+        for key, tensor in adapter.tensors.items():
+            prefix, _, rest = key.partition(".")
+            if prefix == "adapter" and rest.endswith(".down.weight"):
+                name = rest.removesuffix(".down.weight")
+                down_w, down_b, up_t, up_b = self._site_weights(name)
+                r = tensor.shape[0]
+                down_w[slot, :r] = tensor  # (r, d)
+                down_b[slot, :r] = adapter.tensors[f"adapter.{name}.down.bias"]
+                up_t[slot, :r] = adapter.tensors[f"adapter.{name}.up.weight"].T  # (r, d)
+                up_b[slot] = adapter.tensors[f"adapter.{name}.up.bias"]
+                ranks[name] = r
+            elif prefix == "lora" and rest.endswith(".A"):
+                name = rest.removesuffix(".A")
+                a, bt = self._site_weights(name)
+                r = tensor.shape[0]
+                a[slot, :r] = tensor  # (k, in)
+                bt[slot, :r] = (adapter.lora_scaling * adapter.tensors[f"lora.{name}.B"]).T  # (k, out)
+                ranks[name] = r
+        n = adapter.task.num_outputs
+        self.head_w[slot, :n] = adapter.tensors["head.weight"]  # (C, d)
+        self.head_b[slot, :n] = adapter.tensors["head.bias"]
+        self.slot_ranks[slot] = ranks
+        self.slot_outputs[slot] = n
+        self.slot_pooling[slot] = adapter.task.pooling
+
+    # ------------------------------------------------------------------ per batch
+
+    def make_plan(self, slots: list[int]) -> BatchPlan:
+        """The plan for a forward whose row i uses pool slot `slots[i]`."""
+        unique = set(slots)
+        ranks: dict[str, int] = {}
+        for s in unique:
+            for name, r in self.slot_ranks[s].items():
+                if r > ranks.get(name, 0):
+                    ranks[name] = r
+        index = torch.tensor(slots, dtype=torch.long, device=self.device)  # (B,)
+        return BatchPlan(index, slots[0] if len(unique) == 1 else None, ranks,
+                         max(self.slot_outputs[s] for s in unique))
+
+    def heads(self, pooled: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+        """(B, d) pooled states -> (B, C_max) logits; row i's first `slot_outputs` columns are its task's."""
+        c = plan.num_outputs
+        if plan.single is not None:
+            return F.linear(pooled, self.head_w[plan.single, :c], self.head_b[plan.single, :c])  # (B, c)
+        w = self.head_w[:, :c][plan.slots]  # (B, c, d)
+        return torch.baddbmm(self.head_b[:, :c][plan.slots].unsqueeze(1), pooled.unsqueeze(1),
+                             w.transpose(1, 2)).squeeze(1)  # (B, c)
+
+    def site_forward(self, spec: SiteSpec, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """The site's output for this batch: `base_out` (B, T, out) plus each row's adapter or LoRA."""
+        plan = self.plan
+        r = plan.ranks[spec.name]  # the batch's largest rank here; other rows' extra columns are zeros
+        if spec.kind == "adapter":
+            down_w, down_b, up_t, up_b = self._weights[spec.name]
+            h = base_out  # (B, T, d)
+            if plan.single is not None:
+                s = plan.single
+                z = F.gelu(F.linear(h, down_w[s, :r], down_b[s, :r]))  # (B, T, r)
+                out = F.linear(z, up_t[s, :r].T, up_b[s])  # (B, T, d)
+            else:
+                idx = plan.slots
+                z = torch.baddbmm(down_b[:, :r][idx].unsqueeze(1), h, down_w[:, :r][idx].transpose(1, 2))  # (B, T, r)
+                out = torch.baddbmm(up_b[idx].unsqueeze(1), F.gelu(z), up_t[:, :r][idx])  # (B, T, d)
+            return out.add_(h)  # h + up(gelu(down(h))), without a second (B, T, d) buffer
+        a, bt = self._weights[spec.name]
+        if plan.single is not None:
+            s = plan.single
+            delta = F.linear(F.linear(x, a[s, :r]), bt[s, :r].T)  # (B, T, out)
+        else:
+            idx = plan.slots
+            delta = torch.bmm(torch.bmm(x, a[:, :r][idx].transpose(1, 2)), bt[:, :r][idx])  # (B, T, out)
+        return base_out.add_(delta)  # the base layer's fresh output, nothing else holds it
+
+
+class PoolSite(nn.Module):
+    """Wraps a frozen base layer; adds, per row, the adapter or LoRA of that row's pool slot."""
+
+    def __init__(self, base_layer: nn.Module, spec: SiteSpec, pool: AdapterPool) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.spec = spec
+        self._pool = [pool]  # a list, so the pool is not registered as a submodule
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        pool = self._pool[0]
+        if self.spec.name not in pool.plan.ranks:  # no row of this batch adapts this site
+            return out
+        return pool.site_forward(self.spec, x, out)
+
+
+def install_pool_sites(backbone: nn.Module, pool: AdapterPool) -> None:
+    """Wrap every site of `pool.specs` in `backbone` (in place)."""
+    for name, spec in pool.specs.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name)
+        setattr(parent, child, PoolSite(getattr(parent, child), spec, pool))

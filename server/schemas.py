@@ -1,0 +1,72 @@
+"""Request and response bodies of the public API (with OpenAPI examples)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PairInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The text (first segment).")
+    text_pair: str | None = Field(None, description="Second segment, for pair tasks (e.g. RTE, STS-B).")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"inputs": ["a gripping, funny and humane film", "the plot is thin"]},
+            {"inputs": [{"text": "A man is playing a guitar.", "text_pair": "A person plays an instrument."}]},
+        ]},
+    )
+
+    inputs: list[str | PairInput] = Field(description="Texts, or {text, text_pair} objects; one prediction each.")
+
+
+class Prediction(BaseModel):
+    label: str | None = Field(None, description="Classification: the most probable label.")
+    score: float | None = Field(None, description="Classification: the probability of `label`.")
+    scores: dict[str, float] | None = Field(None, description="Classification: every label's probability.")
+    value: float | None = Field(None, description="Regression: the predicted value.")
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "task": "sst2", "version": "3f2a9c0d1e4b5a6c",
+        "predictions": [{"label": "positive", "score": 0.97, "scores": {"negative": 0.03, "positive": 0.97}}],
+    }]})
+
+    task: str
+    version: str = Field(description="The immutable adapter version that served every prediction.")
+    predictions: list[Prediction]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class VersionInfo(BaseModel):
+    version: str
+    sha256: str
+    size: int
+    created: float
+    kind: str
+    task_type: str
+    labels: list[str]
+
+
+class TaskInfo(BaseModel):
+    task: str
+    active: str | None
+    residency: str = Field(description="Where the active version is: device, host or disk.")
+    versions: list[VersionInfo]
+
+
+class AdapterList(BaseModel):
+    tasks: list[TaskInfo]

@@ -1,0 +1,51 @@
+"""Server settings: defaults < `ADAMIX_*` environment variables < `adamix serve` flags."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_ADAPTERS_DIR = Path(__file__).resolve().parent / "demo_adapters"
+
+
+class Settings(BaseSettings):
+    """Everything `create_app` needs; every field can be set as `ADAMIX_<FIELD>` (lists as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAMIX_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    backbone: Path | None = Field(None, description="Local Hugging Face model directory; None = embedded MiniLM.")
+    registry: Path = Field(Path("adamix-registry"), description="Adapter registry directory (created if missing).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Backbone and pool dtype; auto = float16 on cuda, float32 on cpu.")
+    demo_adapters: Path | None = Field(DEMO_ADAPTERS_DIR, description="Adapters installed into a fresh registry.")
+    verify_registry: bool = Field(True, description="Hash-check every stored blob at start-up.")
+
+    max_batch_rows: int = Field(64, ge=1, le=4096, description="Most input rows one backbone forward takes.")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits for more requests.")
+    max_queue_requests: int = Field(1024, ge=1, description="Queued requests beyond which requests get 503.")
+    max_inputs_per_request: int | None = Field(None, ge=1, description="Most inputs in one predict request; "
+                                                                      "default max_batch_rows.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text (characters) one input may carry.")
+    max_seq_len: int = Field(512, ge=8, description="Token cap on top of each task's own max_seq_len.")
+
+    device_pool_mb: float = Field(512, gt=0, description="Device memory budget for resident adapters (MiB).")
+    max_adapter_rank: int = Field(48, ge=1, description="Largest adapter bottleneck / LoRA rank the pool holds.")
+    max_labels: int = Field(64, ge=2, description="Largest label count a served classification head may have.")
+    host_cache_mb: float = Field(512, gt=0, description="Host memory budget for parsed adapters (MiB).")
+    pinned_tasks: list[str] = Field(default_factory=list, description="Tasks kept resident once loaded.")
+    metrics_max_tasks: int = Field(100, ge=1, description="Distinct `task` label values in metrics; rest 'other'.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_inputs_per_request is None:
+            self.max_inputs_per_request = self.max_batch_rows
+        if self.max_inputs_per_request > self.max_batch_rows:
+            raise ValueError(f"max_inputs_per_request ({self.max_inputs_per_request}) must be <= max_batch_rows "
+                             f"({self.max_batch_rows}): a request never spans two batches")
+        return self

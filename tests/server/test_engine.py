@@ -1,0 +1,192 @@
+"""The engine's promise: row i of a mixed batch equals row i served alone, and equals the adapter offline."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+
+import pytest
+import torch
+
+from adamix import load_backbone, task_model_from_adapter
+from server.engine import BatchingEngine, TextInput
+from server.metrics import ServerMetrics
+from server.pool import AdapterKey
+from server.settings import Settings
+from tests.server.helpers import TEXTS, assert_same, make_adapter
+
+PAIRS = [("the cat sat on the mat", "a cat was sitting"), ("he left early", "he stayed until the end")]
+
+
+def task_zoo(model, info) -> dict[str, object]:
+    """Tasks of every shape the engine must mix: kinds, ranks, placements, label counts, poolings, regression."""
+    specs = {
+        "adapter_r2": dict(kind="adapter", r=2),
+        "adapter_r8_both": dict(kind="adapter", r=8, placement="both", labels=("a", "b", "c")),
+        "adapter_attn_cls": dict(kind="adapter", r=5, placement="attention", pooling="cls"),
+        "lora_r4": dict(kind="lora", r=4, std=0.05),
+        "lora_key_r2": dict(kind="lora", r=2, targets=("key",), labels=tuple("vwxyz"), std=0.05),
+        "lora_qkv_pooler": dict(kind="lora", r=3, targets=("query", "key", "value"), pooling="pooler", std=0.05),
+        "regression": dict(kind="adapter", r=3, labels=()),
+        "pair": dict(kind="lora", r=2, task_type="pair_classification", std=0.05),
+        "short": dict(kind="adapter", r=4, max_seq_len=6),
+    }
+    return {name: make_adapter(model, info, seed=i, **kw) for i, (name, kw) in enumerate(specs.items())}
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_loaded):
+    model, _, info = tiny_loaded
+    return task_zoo(model, info)
+
+
+def make_engine(backbone_dir, **overrides) -> BatchingEngine:
+    model, tokenizer, info = load_backbone(backbone_dir)
+    settings = Settings(backbone=backbone_dir, demo_adapters=None, **overrides)
+    return BatchingEngine(model, tokenizer, info, settings, ServerMetrics())
+
+
+def rows_for(engine, zoo, picks):
+    rows = []
+    for name, text in picks:
+        inp = TextInput(*text) if isinstance(text, tuple) else TextInput(text)
+        rows += engine.encode(AdapterKey(name, "v1"), zoo[name], [inp])
+    return rows
+
+
+def random_picks(zoo, n, seed):
+    rng = random.Random(seed)
+    picks = []
+    for _ in range(n):
+        name = rng.choice(sorted(zoo))
+        picks.append((name, rng.choice(PAIRS) if name == "pair" else rng.choice(TEXTS)))
+    return picks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixed_batch_rows_equal_rows_served_alone(tiny_backbone_dir, zoo, seed):
+    engine = make_engine(tiny_backbone_dir)
+    picks = random_picks(zoo, 24, seed)
+    mixed = engine.run_batch(rows_for(engine, zoo, picks))
+    for pick, got in zip(picks, mixed):
+        assert_same(got, engine.run_batch(rows_for(engine, zoo, [pick]))[0])
+
+
+def test_engine_equals_adapter_applied_offline(tiny_backbone_dir, zoo):
+    engine = make_engine(tiny_backbone_dir)
+    fresh, tokenizer, _ = load_backbone(tiny_backbone_dir)
+    picks = random_picks(zoo, 30, seed=7)
+    served = engine.run_batch(rows_for(engine, zoo, picks))
+    for (name, text), got in zip(picks, served):
+        adapter = zoo[name]
+        offline = task_model_from_adapter(copy.deepcopy(fresh), adapter)
+        args = text if isinstance(text, tuple) else (text,)
+        enc = tokenizer(*args, truncation=True, max_length=adapter.task.max_seq_len, return_tensors="pt")
+        with torch.no_grad():
+            logits = offline(**enc)[0]  # (C,)
+        if adapter.task.type == "regression":
+            assert got["value"] == pytest.approx(float(logits[0]), abs=1e-5)
+        else:
+            probs = torch.softmax(logits, -1)
+            assert got["label"] == adapter.task.labels[int(probs.argmax())]
+            assert list(got["scores"].values()) == pytest.approx(probs.tolist(), abs=1e-5)
+
+
+def test_small_pool_evicts_and_reloads_exactly(tiny_backbone_dir, zoo):
+    """A pool of 3 slots cycling 9 tasks: every batch still equals the roomy pool's answer."""
+    roomy = make_engine(tiny_backbone_dir)
+    tight = make_engine(tiny_backbone_dir, device_pool_mb=0.07, max_adapter_rank=8, max_labels=5)
+    assert 2 <= tight.pool.num_slots < len(zoo)
+    for seed in range(8):
+        rng = random.Random(seed)
+        names = rng.sample(sorted(zoo), tight.pool.num_slots)
+        picks = [(n, rng.choice(PAIRS) if n == "pair" else rng.choice(TEXTS)) for n in names for _ in range(2)]
+        for got, want in zip(tight.run_batch(rows_for(tight, zoo, picks)), roomy.run_batch(rows_for(roomy, zoo, picks))):
+            assert_same(got, want)
+    assert tight.metrics.evictions.labels("device")._value.get() > 0
+
+
+def test_truncation_respects_task_max_seq_len(tiny_backbone_dir, zoo):
+    engine = make_engine(tiny_backbone_dir)
+    long_text = " ".join(["word"] * 500)
+    (row,) = engine.encode(AdapterKey("short", "v1"), zoo["short"], [TextInput(long_text)])
+    assert len(row.input_ids) == 6
+    (row,) = engine.encode(AdapterKey("adapter_r2", "v1"), zoo["adapter_r2"], [TextInput(long_text)])
+    assert len(row.input_ids) == 128  # the tiny backbone's position limit
+
+
+def test_async_submit_batches_concurrent_requests_across_tasks(tiny_backbone_dir, zoo):
+    engine = make_engine(tiny_backbone_dir, max_wait_ms=50)
+    picks = random_picks(zoo, 12, seed=3)
+
+    async def main():
+        await engine.start()
+        try:
+            return await asyncio.gather(*(
+                engine.submit(AdapterKey(n, "v1"), zoo[n], [TextInput(*t) if isinstance(t, tuple) else TextInput(t)])
+                for n, t in picks))
+        finally:
+            await engine.stop()
+
+    results = asyncio.run(main())
+    reference = make_engine(tiny_backbone_dir)
+    for pick, (got,) in zip(picks, results):
+        assert_same(got, reference.run_batch(rows_for(reference, zoo, [pick]))[0])
+    batches = engine.metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    assert count < len(picks)  # requests shared forwards
+
+
+def test_unservable_adapters_are_refused_by_name(tiny_backbone_dir, tiny_loaded):
+    model, _, info = tiny_loaded
+    engine = make_engine(tiny_backbone_dir, max_adapter_rank=4, max_labels=3)
+    from server.errors import UnservableAdapterError
+    with pytest.raises(UnservableAdapterError, match="rank 8"):
+        engine.check_servable(make_adapter(model, info, r=8))
+    with pytest.raises(UnservableAdapterError, match="4 labels"):
+        engine.check_servable(make_adapter(model, info, labels=("a", "b", "c", "d")))
+    engine.check_servable(make_adapter(model, info, r=4, labels=("a", "b", "c")))
+
+
+def test_pinned_adapter_survives_eviction_pressure(tiny_backbone_dir, zoo):
+    engine = make_engine(tiny_backbone_dir, device_pool_mb=0.07, max_adapter_rank=8, max_labels=5)
+    pinned = AdapterKey("adapter_r2", "v1")
+    engine.pin(pinned, zoo["adapter_r2"])
+    others = [n for n in sorted(zoo) if n != "adapter_r2"]
+    for name in others * 2:  # far more distinct tasks than free slots
+        engine.run_batch(rows_for(engine, zoo, [(name, "fine" if name != "pair" else PAIRS[0])]))
+    assert pinned in engine.pool.resident
+    assert engine.metrics.evictions.labels("device")._value.get() >= len(others) - engine.pool.num_slots
+
+
+def test_queue_full_is_refused_at_once(tiny_backbone_dir, zoo):
+    from server.errors import OverloadedError
+    engine = make_engine(tiny_backbone_dir, max_queue_requests=1, max_wait_ms=0)
+
+    async def main():
+        await engine.start()
+        engine._loop_task.cancel()  # no batcher: the queue can only fill
+        key, adapter = AdapterKey("adapter_r2", "v1"), zoo["adapter_r2"]
+        first = asyncio.create_task(engine.submit(key, adapter, [TextInput("one")]))
+        while not engine._queue.full():  # tokenised in a thread, then queued
+            await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError) as info:
+            await engine.submit(key, adapter, [TextInput("two")])
+        assert info.value.headers["Retry-After"]
+        await engine.stop()
+        with pytest.raises(Exception, match="shutting down"):
+            await first  # queued requests are failed at stop, never left hanging
+
+    asyncio.run(main())
+
+
+def test_length_groups_partition_rows_and_never_cost_more_than_one_batch():
+    from server.engine import length_groups
+    rng = random.Random(0)
+    for n in (1, 2, 7, 64, 300):
+        lengths = [rng.randint(3, 120) for _ in range(n)]
+        groups = length_groups(lengths, 64)
+        assert sorted(i for g in groups for i in g) == list(range(n))
+        cost = sum(len(g) * max(lengths[i] for i in g) + 64 for g in groups)
+        assert cost <= n * max(lengths) + 64
+        assert length_groups(lengths, 1 << 20) == [sorted(range(n), key=lengths.__getitem__)]

@@ -1,0 +1,109 @@
+"""The registry: validated, content-addressed, atomic, and safe against hostile names and broken files."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from server.errors import (AdapterUnavailableError, InvalidAdapterError, InvalidTaskNameError, TaskNotFoundError,
+                           VersionNotFoundError)
+from server.registry import AdapterRegistry
+from tests.server.helpers import adapter_bytes, make_adapter
+
+
+@pytest.fixture(scope="module")
+def blobs(tiny_loaded):
+    model, _, info = tiny_loaded
+    return [adapter_bytes(make_adapter(model, info, seed=s, r=2)) for s in range(3)]
+
+
+def test_publish_activate_delete_roundtrip(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    reg = AdapterRegistry(tmp_path, info)
+    v1 = reg.publish("sst2", blobs[0])
+    v2 = reg.publish("sst2", blobs[1])
+    assert reg.get("sst2").active == v2.version and v1.version != v2.version
+    assert reg.publish("sst2", blobs[1]) == v2  # identical bytes: idempotent, no new version
+    assert len(reg.get("sst2").versions) == 2
+    reg.activate("sst2", v1.version)
+    assert reg.load("sst2", v1.version).tensors.keys() == reg.load("sst2", v2.version).tensors.keys()
+    reopened = AdapterRegistry(tmp_path, info)  # state survives a restart
+    assert reopened.get("sst2").active == v1.version and reopened.problems == []
+    reg.delete("sst2", v1.version)
+    assert reg.get("sst2").active == v2.version
+    assert not (tmp_path / "blobs" / f"{v1.sha256}.safetensors").exists()
+    reg.delete("sst2")
+    assert reg.tasks() == [] and not (tmp_path / "tasks" / "sst2.json").exists()
+    assert list((tmp_path / "blobs").iterdir()) == []
+    with pytest.raises(TaskNotFoundError):
+        reg.get("sst2")
+
+
+def test_versions_are_content_addressed(tmp_path, tiny_loaded, blobs):
+    reg = AdapterRegistry(tmp_path, tiny_loaded[2])
+    a, b = reg.publish("one", blobs[0]), reg.publish("two", blobs[0])
+    assert a.sha256 == b.sha256 and len(list((tmp_path / "blobs").iterdir())) == 1
+    with pytest.raises(VersionNotFoundError):
+        reg.activate("one", "0" * 16)
+    reg.delete("one")
+    assert reg.load("two", b.version)  # the shared blob stays while a task still uses it
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "%2e%2e", "A", "", "-x", "x" * 65, "sst2.json", "a b"])
+def test_hostile_task_names_never_become_paths(tmp_path, tiny_loaded, blobs, name):
+    reg = AdapterRegistry(tmp_path, tiny_loaded[2])
+    with pytest.raises(InvalidTaskNameError):
+        reg.publish(name, blobs[0])
+    with pytest.raises(InvalidTaskNameError):
+        reg.get(name)
+    assert list((tmp_path / "tasks").iterdir()) == [] and list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_invalid_adapters_are_refused_and_nothing_is_written(tmp_path, tiny_loaded, blobs):
+    reg = AdapterRegistry(tmp_path, tiny_loaded[2])
+    for bad in (b"", b"\x80\x04pickle", blobs[0][:-4], blobs[0].replace(b'"F32"', b'"F16"', 1)):
+        with pytest.raises(InvalidAdapterError):
+            reg.publish("task", bad)
+    assert reg.tasks() == [] and list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_other_backbone_is_refused(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    other = type(info)(info.name, info.model_type, info.num_layers, info.hidden_size, "0" * 64)
+    with pytest.raises(InvalidAdapterError, match="fingerprint"):
+        AdapterRegistry(tmp_path, other).publish("task", blobs[0])
+
+
+def test_corrupt_blob_and_leftover_temp_file_are_reported_and_never_served(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    reg = AdapterRegistry(tmp_path, info)
+    good = reg.publish("good", blobs[0])
+    bad = reg.publish("bad", blobs[1])
+    blob = tmp_path / "blobs" / f"{bad.sha256}.safetensors"
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    crashed, writing = tmp_path / "tmp" / "write-crashed", tmp_path / "tmp" / "write-in-progress"
+    crashed.write_bytes(b"half an upload")
+    os.utime(crashed, (time.time() - 3600, time.time() - 3600))
+    writing.write_bytes(b"another process is writing this")
+    reopened = AdapterRegistry(tmp_path, info)
+    assert any("corrupt" in p for p in reopened.problems)
+    assert any("half-written" in p for p in reopened.problems)
+    assert not crashed.exists() and writing.exists()
+    with pytest.raises(AdapterUnavailableError):
+        reopened.load("bad", bad.version)
+    reopened.load("good", good.version)
+    # A corruption that happens after start-up is caught on read, too.
+    blob.write_bytes(b"garbage")
+    with pytest.raises(AdapterUnavailableError):
+        reg.load("bad", bad.version)
+
+
+def test_unreadable_manifest_is_ignored_not_fatal(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    AdapterRegistry(tmp_path, info).publish("ok", blobs[0])
+    (tmp_path / "tasks" / "broken.json").write_text("{not json")
+    (tmp_path / "tasks" / "liar.json").write_text(json.dumps({"task": "other", "active": None, "versions": []}))
+    reg = AdapterRegistry(tmp_path, info)
+    assert reg.tasks() == ["ok"] and len(reg.problems) == 2
