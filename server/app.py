@@ -5,10 +5,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from server.api import adapters, health, predict
+from server.deps import authorize
 from server.errors import install_error_handlers
+from server.middleware import ServingMiddleware
 from server.settings import Settings
 from server.state import ServerState, __version__
 
@@ -33,8 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
             await state.stop()
 
-    app = FastAPI(title="AdaMix Serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="AdaMix Serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(authorize)])  # default-deny: every route declares its access policy
     app.state.server = state
+    app.add_middleware(ServingMiddleware, state=state)
     install_error_handlers(app)
     for module in (predict, adapters, health):
         app.include_router(module.router)

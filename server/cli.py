@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Modules that define `register(subparsers)`; each subcommand sets `func(args) -> int` as its default.
-_COMMAND_MODULES = ("trainer.cli", "server.serve_cli")
+_COMMAND_MODULES = ("trainer.cli", "server.serve_cli", "server.keys_cli", "server.adapters_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

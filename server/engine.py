@@ -84,6 +84,7 @@ class BatchingEngine:
         self._carry: _Pending | None = None  # taken from the queue, waiting for the next batch
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._submitted = 0  # requests queued or in a batch whose answer is not yet delivered
         log.info("adapter pool: %d slots of <= %.1f MiB (rank <= %d, labels <= %d) on %s/%s", slots,
                  slot_bytes / 2**20, settings.max_adapter_rank, settings.max_labels, self.device, self.dtype)
 
@@ -136,7 +137,11 @@ class BatchingEngine:
         except asyncio.QueueFull:
             raise self._overloaded() from None
         self._arrived.set()
-        return await pending.future
+        self._submitted += 1
+        try:
+            return await pending.future
+        finally:
+            self._submitted -= 1
 
     def _overloaded(self) -> OverloadedError:
         return OverloadedError(f"the request queue is full ({self.settings.max_queue_requests} requests); retry",
@@ -150,6 +155,21 @@ class BatchingEngine:
         self._queue = asyncio.Queue(self.settings.max_queue_requests)
         self._arrived = asyncio.Event()
         self._loop_task = asyncio.create_task(self._batch_loop(), name="adamix-batcher")
+
+    def queue_depth(self) -> int:
+        """Requests admitted and waiting for a batch (the carried-over one included)."""
+        queued = self._queue.qsize() if self._queue is not None else 0
+        return queued + (self._carry is not None)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until every submitted request has its answer; True when it did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._submitted and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._submitted:
+            log.warning("drain timeout (%.1f s): %d request(s) still unanswered", timeout, self._submitted)
+        return not self._submitted
 
     async def stop(self) -> None:
         if self._loop_task is not None:

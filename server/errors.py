@@ -69,6 +69,45 @@ class AdapterUnavailableError(ServeError):
     code = "adapter_unavailable"
 
 
+class PayloadTooLargeError(ServeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ServeError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnauthorizedError(ServeError):
+    """No API key, or one the server does not know."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "authorization", {"WWW-Authenticate": "Bearer"})
+
+
+class ForbiddenError(ServeError):
+    """A known key whose scope does not cover this route or task."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimitedError(ServeError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ShuttingDownError(ServeError):
+    """The server is draining after SIGTERM: accepted requests finish, new ones go elsewhere."""
+
+    status_code = 503
+    code = "shutting_down"
+
+
 class OverloadedError(ServeError):
     status_code = 503
     code = "overloaded"
@@ -97,9 +136,17 @@ def _field_of(loc: tuple) -> str:
     return out or "body"
 
 
+# Error codes that refuse a request before any work, and their `adamix_rejections_total{reason}` label.
+REJECTION_REASONS = {"overloaded": "overloaded", "rate_limited": "rate_limited", "shutting_down": "shutting_down",
+                     "payload_too_large": "too_large", "unauthorized": "unauthorized", "forbidden": "forbidden"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
-    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        reason = REJECTION_REASONS.get(exc.code)
+        if reason is not None:
+            request.app.state.server.metrics.rejections.labels(reason).inc()
         return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -36,6 +36,17 @@ class ServerMetrics:
                                        registry=r)
         self.resident = Gauge("adamix_adapters_resident", "Adapters resident per tier.", ["tier"], registry=r)
         self.cache_bytes = Gauge("adamix_adapter_cache_bytes", "Bytes held per tier.", ["tier"], registry=r)
+        self.uploads = Counter("adamix_adapter_uploads_total", "Adapter uploads by result (created, unchanged, "
+                               "invalid, unservable, too_large, failed).", ["result"], registry=r)
+        self.rejections = Counter("adamix_rejections_total", "Requests refused before any work, by reason "
+                                  "(overloaded, rate_limited, shutting_down, too_large, unauthorized, forbidden).",
+                                  ["reason"], registry=r)
+        self.queue_depth = Gauge("adamix_queue_depth", "Requests waiting for a batch.", registry=r)
+        self.in_flight = Gauge("adamix_requests_in_flight", "Accepted requests (non-public routes) not yet "
+                               "answered.", registry=r)
+        self.registry_problems = Gauge("adamix_registry_problems", "Problems start-up verification of the registry "
+                                       "found (corrupt blobs, interrupted writes, unreadable manifests).",
+                                       registry=r)
         self.build_info = Gauge("adamix_build_info", "Constant 1, labelled with the build.", ["version", "backbone"],
                                 registry=r)
         self._tasks: set[str] = set()

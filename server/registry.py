@@ -18,6 +18,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -157,8 +158,29 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------------ writing
 
-    def publish(self, task: str, data: bytes) -> VersionRecord:
-        """Validate `data` against the backbone, store it, make it the active version. Idempotent."""
+    def publish(self, task: str, data: bytes, check: Callable[[AdapterFile], None] | None = None) -> VersionRecord:
+        """Validate `data` against the backbone (and `check`), store it, make it the active version. Idempotent."""
+        return self._publish(task, data, check, None)[0]
+
+    def publish_file(self, task: str, path: Path, check: Callable[[AdapterFile], None] | None = None
+                     ) -> tuple[VersionRecord, bool]:
+        """`publish` a file written under `upload_path()`, moving it into the store (it is consumed either way).
+
+        Returns (record, created): created is False when these exact bytes already were a version of `task`.
+        """
+        try:
+            return self._publish(task, path.read_bytes(), check, path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def upload_path(self) -> Path:
+        """A fresh, empty temp file for an upload in progress (never served; removed at start-up if stale)."""
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="upload-", suffix=".part")
+        os.close(fd)
+        return Path(tmp)
+
+    def _publish(self, task: str, data: bytes, check: Callable[[AdapterFile], None] | None,
+                 source: Path | None) -> tuple[VersionRecord, bool]:
         check_task_name(task)
         if len(data) > MAX_FILE_BYTES:
             raise InvalidAdapterError(f"adapter is {len(data)} bytes, at most {MAX_FILE_BYTES} allowed", "file")
@@ -166,13 +188,18 @@ class AdapterRegistry:
             adapter = read_adapter_bytes(data, self.backbone)
         except AdapterFileError as exc:
             raise InvalidAdapterError(str(exc), exc.field) from None
+        if check is not None:
+            check(adapter)
         sha = hashlib.sha256(data).hexdigest()
         record = VersionRecord(version=sha[:VERSION_CHARS], sha256=sha, size=len(data), created=time.time(),
                                kind=adapter.kind, task_type=adapter.task.type, labels=adapter.task.labels)
         with self._lock:
             blob = self._blob_path(sha)
             if not blob.is_file() or sha in self._bad_blobs:
-                self._write_atomic(blob, data)
+                if source is not None:
+                    self._move_atomic(source, blob)
+                else:
+                    self._write_atomic(blob, data)
                 self._bad_blobs.discard(sha)
             old = self._manifests.get(task)
             versions = old.versions if old else ()
@@ -182,7 +209,7 @@ class AdapterRegistry:
             else:
                 versions = (*versions, record)
             self._save(TaskManifest(task, record.version, versions))
-        return record
+        return record, existing is None
 
     def activate(self, task: str, version: str) -> VersionRecord:
         with self._lock:
@@ -238,6 +265,16 @@ class AdapterRegistry:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
+
+    def _move_atomic(self, source: Path, path: Path) -> None:
+        """Make the finished temp file `source` (under tmp/) durable, then rename it to `path`."""
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(source, path)
         _fsync_dir(path.parent)
 
     def _scan(self, verify: bool) -> None:

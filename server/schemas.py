@@ -70,3 +70,13 @@ class TaskInfo(BaseModel):
 
 class AdapterList(BaseModel):
     tasks: list[TaskInfo]
+
+
+class UploadResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "task": "sst2", "version": "3f2a9c0d1e4b5a6c", "sha256": "3f2a9c0d1e4b5a6c" + "0" * 48, "created": True}]})
+
+    task: str
+    version: str = Field(description="The new active version: the first 16 hex digits of the file's sha256.")
+    sha256: str
+    created: bool = Field(description="False when these exact bytes already were a version (HTTP 200, not 201).")

@@ -10,7 +10,8 @@ from pathlib import Path
 _FLAGS = {"host": "host", "port": "port", "backbone": "backbone", "registry": "registry", "device": "device",
           "dtype": "dtype", "max_batch_rows": "max_batch_rows", "max_wait_ms": "max_wait_ms",
           "device_pool_mb": "device_pool_mb", "host_cache_mb": "host_cache_mb", "pinned_tasks": "pinned_tasks",
-          "log_level": "log_level"}
+          "log_level": "log_level", "api_keys_file": "api_keys_file", "rate_limit_per_s": "rate_limit_per_s",
+          "drain_timeout_s": "drain_timeout_s"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device-pool-mb", type=float, help="memory budget for resident adapters (default 512)")
     p.add_argument("--host-cache-mb", type=float, help="memory budget for parsed adapters (default 512)")
     p.add_argument("--pin", dest="pinned_tasks", action="append", metavar="TASK", help="keep TASK resident (repeat)")
+    p.add_argument("--api-keys", dest="api_keys_file", type=Path, metavar="FILE",
+                   help="JSON file of API keys (`adamix keys new`); without it the server only listens on loopback")
+    p.add_argument("--rate-limit-per-s", type=float, help="requests/s per API key, beyond it 429 (default: none)")
+    p.add_argument("--drain-timeout-s", type=float, help="on SIGTERM, how long accepted requests may take to finish "
+                                                         "(default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -45,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from server.app import create_app
+    from server.auth import KeyFileError
+    from server.drain import DrainingServer
 
     try:
         settings = settings_from_args(args)
@@ -56,5 +64,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        app = create_app(settings)
+    except KeyFileError as exc:
+        print(f"adamix serve: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=max(1.0, settings.drain_timeout_s))
+    DrainingServer(config, app.state.server).run()
     return 0

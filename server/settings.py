@@ -1,6 +1,7 @@
 """Server settings: defaults < `ADAMIX_*` environment variables < `adamix serve` flags."""
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +39,26 @@ class Settings(BaseSettings):
     max_labels: int = Field(64, ge=2, description="Largest label count a served classification head may have.")
     host_cache_mb: float = Field(512, gt=0, description="Host memory budget for parsed adapters (MiB).")
     pinned_tasks: list[str] = Field(default_factory=list, description="Tasks kept resident once loaded.")
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of bearer API keys (`adamix keys new` writes it): "
+                          '{"keys": [{"name", "sha256", "admin": bool, "tasks": [pattern, ...]}]}. Without it every '
+                          "route is open and the server refuses a non-loopback host (see insecure_no_auth).")
+    insecure_no_auth: bool = Field(
+        False, description="Serve without API keys on a non-loopback host (e.g. behind an authenticating gateway "
+                           "on a private network). Every route, uploads included, is then open to the network.")
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="Requests per second each API key (or, without keys, the whole server) may make "
+                                "on non-public routes; beyond it 429 with Retry-After. None = no limit.")
+    rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size of the per-key rate limit.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (bytes) except adapter "
+                                                                "uploads; beyond it 413.")
+    max_upload_bytes: int = Field(64 << 20, ge=1024, le=256 << 20,
+                                  description="Largest adapter upload (bytes); beyond it 413 before the rest of "
+                                              "the body is read.")
+    drain_timeout_s: float = Field(30.0, ge=0, le=3600,
+                                   description="On SIGTERM: /readyz turns 503 and new requests get 503 at once, "
+                                               "accepted ones finish for at most this long before the server "
+                                               "exits.")
     metrics_max_tasks: int = Field(100, ge=1, description="Distinct `task` label values in metrics; rest 'other'.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -48,4 +69,19 @@ class Settings(BaseSettings):
         if self.max_inputs_per_request > self.max_batch_rows:
             raise ValueError(f"max_inputs_per_request ({self.max_inputs_per_request}) must be <= max_batch_rows "
                              f"({self.max_batch_rows}): a request never spans two batches")
+        if self.api_keys_file is None and not self.insecure_no_auth and not is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} is not a loopback address and no API keys are configured: every "
+                             "route would be open to the network. Create keys with `adamix keys new NAME --admin "
+                             "--file keys.json` and pass --api-keys keys.json (ADAMIX_API_KEYS_FILE), or set "
+                             "ADAMIX_INSECURE_NO_AUTH=1 to serve unauthenticated on purpose")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8, ::1 (a name other than localhost counts as non-loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -4,16 +4,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
 
 import torch
 
 from adamix import load_backbone
+from server.auth import Authenticator, RateLimiter, load_keys
 from server.cache import HostCache
 from server.engine import BatchingEngine, TextInput
-from server.errors import InvalidAdapterError, NotReadyError, ServeError
+from server.errors import InvalidAdapterError, NotReadyError, ServeError, ShuttingDownError
 from server.metrics import ServerMetrics
 from server.pool import AdapterKey
-from server.registry import AdapterRegistry, TaskManifest, check_task_name
+from server.registry import AdapterRegistry, TaskManifest, VersionRecord
 from server.settings import Settings
 
 log = logging.getLogger("adamix.server")
@@ -47,6 +49,11 @@ class ServerState:
         self.engine: BatchingEngine | None = None
         self.ready = False
         self.status = "loading the backbone"
+        self.auth = Authenticator(None if settings.api_keys_file is None else load_keys(settings.api_keys_file))
+        self.rate_limiter = (None if settings.rate_limit_per_s is None
+                             else RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
+        self.draining = False  # SIGTERM seen: refuse new requests, let accepted ones finish
+        self.in_flight = 0  # accepted requests on non-public routes (the middleware counts them)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -67,7 +74,9 @@ class ServerState:
         self.metrics.build_info.labels(__version__, info.name).set(1)
         self.status = "reading the registry"
         self.registry = await asyncio.to_thread(AdapterRegistry, s.registry, info, s.verify_registry)
+        self.metrics.registry_problems.set(len(self.registry.problems))
         self.engine = BatchingEngine(model, tokenizer, info, s, self.metrics)
+        self.metrics.queue_depth.set_function(self.engine.queue_depth)
         pinned = set(s.pinned_tasks)
         self.cache = HostCache(self.registry, int(s.host_cache_mb * 2**20), self.metrics,
                                lambda key: key.task in pinned)
@@ -79,6 +88,10 @@ class ServerState:
         await self._warm_tasks(pinned)
         self.ready = True
         self.status = "ready"
+        if not self.auth.enabled:
+            log.warning("no API keys configured (--api-keys / ADAMIX_API_KEYS_FILE): every route, adapter uploads "
+                        "included, is open to whoever can reach %s:%d%s", s.host, s.port,
+                        "" if s.insecure_no_auth else " (loopback only)")
         log.info("ready: %d task(s) registered in %s", len(self.registry), s.registry)
 
     async def _warm_tasks(self, pinned: set[str]) -> None:
@@ -95,10 +108,24 @@ class ServerState:
                 await self.engine.run_in_worker(self.engine.pin, key, adapter)
 
     async def stop(self) -> None:
+        """Lifespan shutdown: let queued batches finish (bounded by drain_timeout_s), then stop the engine."""
+        self.begin_drain()
+        if self.engine is not None:
+            await self.engine.drain(self.settings.drain_timeout_s)
         self.ready = False
-        self.status = "shutting down"
         if self.engine is not None:
             await self.engine.stop()
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /readyz turns 503 and new requests are refused; accepted ones go on."""
+        if not self.draining:
+            log.info("draining: refusing new requests, %d in flight", self.in_flight)
+        self.draining = True
+        self.status = "shutting down"
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and self.in_flight == 0
 
     def _install_demo_adapters(self) -> None:
         """Publish every demo adapter that fits the loaded backbone into the fresh registry."""
@@ -107,24 +134,27 @@ class ServerState:
             return
         for path in sorted(directory.glob("*.safetensors")):
             try:
-                check_task_name(path.stem)
-                record = self.registry.publish(path.stem, path.read_bytes())
-                self.engine.check_servable(self.registry.load(path.stem, record.version))
+                record = self.registry.publish(path.stem, path.read_bytes(), self.engine.check_servable)
             except InvalidAdapterError as exc:
                 log.info("demo adapter %s skipped: %s", path.name, exc.message)
                 continue
             except ServeError as exc:
                 log.warning("demo adapter %s skipped: %s", path.name, exc.message)
-                if path.stem in self.registry:
-                    self.registry.delete(path.stem)
                 continue
             log.info("installed demo adapter %r (version %s)", path.stem, record.version)
 
     # ------------------------------------------------------------------ use cases
 
     def require_ready(self) -> None:
+        """Loaded and warmed (still true while draining: accepted requests must finish)."""
         if not self.ready:
             raise NotReadyError(f"the server is not ready: {self.status}", None, {"Retry-After": "1"})
+
+    def check_readiness(self) -> None:
+        """/readyz: ready and not draining, so load balancers stop sending traffic on SIGTERM."""
+        self.require_ready()
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down", None, {"Retry-After": "1"})
 
     async def _resolve(self, task: str) -> tuple[AdapterKey, object]:
         key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
@@ -136,6 +166,22 @@ class ServerState:
         self.require_ready()
         key, adapter = await self._resolve(task)
         return key.version, await self.engine.submit(key, adapter, inputs)
+
+    async def upload(self, task: str, path: Path) -> tuple[VersionRecord, bool]:
+        """Validate the uploaded file against the backbone and this engine, store it, activate it.
+
+        One reference swap in the registry: requests already admitted keep the version they resolved.
+        """
+        self.require_ready()
+        return await asyncio.to_thread(self.registry.publish_file, task, path, self.engine.check_servable)
+
+    async def activate(self, task: str, version: str) -> VersionRecord:
+        self.require_ready()
+        return await asyncio.to_thread(self.registry.activate, task, version)
+
+    async def delete(self, task: str, version: str | None = None) -> None:
+        self.require_ready()
+        await asyncio.to_thread(self.registry.delete, task, version)
 
     def residency(self, manifest: TaskManifest) -> str:
         if manifest.active is None:

@@ -4,24 +4,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deps import StateDep
+from server.deps import PUBLIC, StateDep, access
 from server.schemas import ErrorResponse
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="Liveness")
+@access(PUBLIC)
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Readiness: backbone loaded and warmed, registry read",
             responses={503: {"model": ErrorResponse}})
+@access(PUBLIC)
 async def readyz(state: StateDep) -> dict:
-    state.require_ready()
+    state.check_readiness()
     return {"status": "ready", "tasks": len(state.registry)}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@access(PUBLIC)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,19 +1,17 @@
 """`POST /v1/{task}/predict`."""
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 
-from server.deps import StateDep
+from server.deps import TASK, StateDep, access
 from server.engine import TextInput
-from server.errors import InvalidInputError, ServeError
+from server.errors import InvalidInputError
 from server.registry import check_task_name
 from server.schemas import ErrorResponse, PairInput, PredictRequest, PredictResponse
 from server.settings import Settings
 
 router = APIRouter(tags=["predict"])
-_ERRORS = {code: {"model": ErrorResponse} for code in (404, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
 
 
 def to_inputs(body: PredictRequest, settings: Settings) -> list[TextInput]:
@@ -43,24 +41,9 @@ def to_inputs(body: PredictRequest, settings: Settings) -> list[TextInput]:
 
 @router.post("/v1/{task}/predict", response_model=PredictResponse, response_model_exclude_none=True,
              responses=_ERRORS, summary="Predict with a task's active adapter")
+@access(TASK)
 async def predict(task: str, body: PredictRequest, state: StateDep) -> dict:
     """Run every input through the task's active adapter version; mixed into batches with other tasks."""
-    start = time.perf_counter()
-    known = state.registry is not None and task in state.registry
-    label = state.metrics.task_label(task) if known else "_unknown"  # client-chosen names never become labels
-    status = 200
-    try:
-        check_task_name(task)
-        inputs = to_inputs(body, state.settings)
-        version, predictions = await state.predict(task, inputs)
-        return {"task": task, "version": version, "predictions": predictions}
-    except ServeError as exc:
-        status = exc.status_code
-        raise
-    except Exception:
-        status = 500
-        raise
-    finally:
-        state.metrics.requests.labels(label, str(status)).inc()
-        if status == 200:
-            state.metrics.request_duration.labels(label).observe(time.perf_counter() - start)
+    check_task_name(task)
+    version, predictions = await state.predict(task, to_inputs(body, state.settings))
+    return {"task": task, "version": version, "predictions": predictions}

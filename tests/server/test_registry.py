@@ -107,3 +107,29 @@ def test_unreadable_manifest_is_ignored_not_fatal(tmp_path, tiny_loaded, blobs):
     (tmp_path / "tasks" / "liar.json").write_text(json.dumps({"task": "other", "active": None, "versions": []}))
     reg = AdapterRegistry(tmp_path, info)
     assert reg.tasks() == ["ok"] and len(reg.problems) == 2
+
+
+def test_publish_file_moves_the_upload_in_says_whether_it_was_new_and_check_can_refuse(tmp_path, tiny_loaded,
+                                                                                         blobs):
+    from server.errors import UnservableAdapterError
+
+    reg = AdapterRegistry(tmp_path, tiny_loaded[2])
+
+    def upload(data: bytes, check=None):
+        path = reg.upload_path()
+        path.write_bytes(data)
+        try:
+            return reg.publish_file("task", path, check)
+        finally:
+            assert not path.exists()  # consumed whatever happened
+
+    record, created = upload(blobs[0])
+    assert created and (tmp_path / "blobs" / f"{record.sha256}.safetensors").read_bytes() == blobs[0]
+    assert upload(blobs[0]) == (record, False)
+
+    def refuse(adapter):
+        raise UnservableAdapterError("too big for this server", "config")
+    with pytest.raises(UnservableAdapterError):
+        upload(blobs[1], refuse)
+    assert len(reg.get("task").versions) == 1 and len(list((tmp_path / "blobs").iterdir())) == 1
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -22,3 +22,25 @@ def test_bad_backbone_directory_exits_with_a_message(tmp_path, capsys):
     args = build_parser().parse_args(["serve", "--backbone", str(tmp_path)])
     assert args.func(args) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_non_loopback_host_without_keys_is_refused_with_a_message(capsys, monkeypatch):
+    monkeypatch.delenv("ADAMIX_INSECURE_NO_AUTH", raising=False)
+    monkeypatch.delenv("ADAMIX_API_KEYS_FILE", raising=False)
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0"])
+    assert args.func(args) == 2
+    assert "adamix keys new" in capsys.readouterr().err
+
+
+def test_auth_and_drain_flags_reach_the_settings(tmp_path):
+    args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--api-keys", str(tmp_path / "k.json"),
+                                      "--rate-limit-per-s", "5", "--drain-timeout-s", "3"])
+    s = settings_from_args(args)
+    assert (s.api_keys_file, s.rate_limit_per_s, s.drain_timeout_s) == (tmp_path / "k.json", 5.0, 3.0)
+
+
+def test_unreadable_keys_file_exits_with_a_message(tmp_path, capsys):
+    (tmp_path / "keys.json").write_text('{"keys": [{"name": "x", "sha256": "not-hex", "admin": true}]}')
+    args = build_parser().parse_args(["serve", "--api-keys", str(tmp_path / "keys.json")])
+    assert args.func(args) == 2
+    assert "sha256" in capsys.readouterr().err
