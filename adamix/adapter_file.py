@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from adamix.atomic import atomic_write
 from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
 from adamix.model import ARCHITECTURES, _fused_mask, add_adamix, backbone_of, is_merged, site_names
@@ -170,20 +170,9 @@ def adapter_to_bytes(adapter: AdapterFile) -> bytes:
 
 
 def write_adapter_file(path: str | os.PathLike, adapter: AdapterFile) -> str:
-    """Write atomically (temp file, fsync, rename); return the file's sha256."""
+    """Write atomically (temp file, fsync, rename, directory fsync); return the file's sha256."""
     data = adapter_to_bytes(adapter)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

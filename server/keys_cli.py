@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
-import tempfile
 from pathlib import Path
+
+from adamix.atomic import atomic_write
 
 KEY_PREFIX = "amx_"
 
@@ -43,27 +43,8 @@ def add_key(path: Path, name: str, admin: bool, tasks: list[str]) -> str:
         entry["tasks"] = tasks
     data["keys"].append(entry)
     parse_keys(data, str(path))  # refuse bad patterns before anything is written
-    _write_private(path, json.dumps(data, indent=1).encode() + b"\n")
+    atomic_write(path, json.dumps(data, indent=1).encode() + b"\n")  # temp file is 0600, so is the result
     return key
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def run_new(args: argparse.Namespace) -> int:

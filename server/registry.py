@@ -24,6 +24,7 @@ from pathlib import Path
 
 from adamix import AdapterFile, AdapterFileError, BackboneInfo, read_adapter_bytes
 from adamix.adapter_file import MAX_FILE_BYTES
+from adamix.atomic import atomic_write, fsync_dir
 from server.errors import (AdapterUnavailableError, InvalidAdapterError, InvalidTaskNameError, ServeError,
                            TaskNotFoundError, VersionNotFoundError)
 
@@ -251,21 +252,11 @@ class AdapterRegistry:
 
     def _remove_manifest(self, task: str) -> None:
         (self._tasks / f"{task}.json").unlink(missing_ok=True)
-        _fsync_dir(self._tasks)
+        fsync_dir(self._tasks)
         self._manifests.pop(task, None)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="write-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(path, data, tmp_dir=self._tmp)
 
     def _move_atomic(self, source: Path, path: Path) -> None:
         """Make the finished temp file `source` (under tmp/) durable, then rename it to `path`."""
@@ -275,7 +266,7 @@ class AdapterRegistry:
         finally:
             os.close(fd)
         os.replace(source, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def _scan(self, verify: bool) -> None:
         """Read every manifest; drop leftover temp files; with `verify`, hash-check every referenced blob."""
@@ -318,11 +309,3 @@ class AdapterRegistry:
         if active is not None and active not in {v.version for v in versions}:
             raise ValueError(f"active version {active!r} is not among the versions")
         return TaskManifest(task, active, versions)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
