@@ -15,13 +15,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write `data` to `path`: temp file (mode 0600) in `tmp_dir` (default: beside `path`), fsync, rename,
-    directory fsync. `tmp_dir` must be on the same file system as `path`."""
+def atomic_write(path: str | os.PathLike, data: bytes, tmp_dir: Path | None = None, mode: int = 0o644) -> None:
+    """Write `data` to `path` with permissions `mode`: temp file in `tmp_dir` (default: beside `path`), fsync,
+    rename, directory fsync. `tmp_dir` must be on the same file system as `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp creates 0600; a secret stays 0600 from its first byte
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -43,7 +43,7 @@ def add_key(path: Path, name: str, admin: bool, tasks: list[str]) -> str:
         entry["tasks"] = tasks
     data["keys"].append(entry)
     parse_keys(data, str(path))  # refuse bad patterns before anything is written
-    atomic_write(path, json.dumps(data, indent=1).encode() + b"\n")  # temp file is 0600, so is the result
+    atomic_write(path, json.dumps(data, indent=1).encode() + b"\n", mode=0o600)
     return key
 
 

@@ -345,3 +345,14 @@ def test_a_protocol_0_pickle_is_refused_as_a_huge_header():
     data = pickle.dumps({"a": 1}, protocol=0)
     with pytest.raises(AdapterFileError, match="header declares"):
         read_adapter_bytes(data)
+
+
+def test_written_adapter_files_are_world_readable_and_keys_files_private(tmp_path):
+    import stat
+
+    from adamix.atomic import atomic_write
+
+    atomic_write(tmp_path / "a.safetensors", b"x")
+    atomic_write(tmp_path / "keys.json", b"{}", mode=0o600)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "keys.json").stat().st_mode) == 0o600
