@@ -1,0 +1,111 @@
+"""`adamix train`: labelled data -> a validated merged AdaMix adapter file (and `adamix eval`, see eval_cmd)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.data import GLUE_TASKS, DataError, Dataset, epoch_order, load_files, load_glue, load_glue_dev
+from trainer.methods import METHODS
+
+SUBSET_SEED = 1234  # --train-limit takes the same random subset for every --seed
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from trainer.eval_cmd import add_eval_parser
+
+    p = subparsers.add_parser("train", help="train an AdaMix adapter on labelled data and export it",
+                              description="Train an AdaMix mixture (or a baseline) on a labelled data set, keep the "
+                                          "best dev epoch, merge it and write one adapter file.")
+    add_data_arguments(p)
+    p.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many rows")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", choices=sorted(METHODS), default="adamix", help="default: adamix (M=4, shared up)")
+    m.add_argument("--experts", type=int, help="experts M (default 4 for adamix*, 1 for the baselines)")
+    m.add_argument("--bottleneck", type=int, default=16, help="adapter bottleneck r (default 16)")
+    m.add_argument("--lora-r", type=int, default=4, help="LoRA rank (default 4)")
+    m.add_argument("--consistency-weight", type=float, default=1.0, help="lambda of the consistency KL (default 1)")
+    m.add_argument("--pooling", choices=("mean", "cls", "pooler", "last"), default="mean",
+                   help="pooled state for the head (default mean: the default MiniLM is a sentence-embedding model)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; 4e-4 in the paper "
+                                                          "for BERT-base)")
+    o.add_argument("--epochs", type=int, default=3)
+    o.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
+    o.add_argument("--batch-size", type=int, default=32, help="global batch size (split across ranks)")
+    o.add_argument("--max-seq-len", type=int, default=128, help="truncate longer inputs (padding is per batch)")
+    o.add_argument("--no-group-by-length", action="store_true",
+                   help="plain shuffled batches (default: random batches of similar lengths, less padding)")
+    o.add_argument("--warmup-ratio", type=float, default=0.06)
+    o.add_argument("--weight-decay", type=float, default=0.1)
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 disables")
+    o.add_argument("--zero-grad-set-to-none", action="store_true",
+                   help="zero_grad(set_to_none=True): only the selected experts move each step (the paper's "
+                        "behaviour, the default, zero-fills gradients so momentum moves every expert)")
+    o.add_argument("--eval-every", type=int, help="also evaluate every N steps (always at each epoch end)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", type=Path, help="the merged adapter file (.safetensors); the JSONL log and PNG "
+                                                  "curves are written next to it")
+    out.add_argument("--log", type=Path, help="JSONL log path (default: OUTPUT with .jsonl)")
+    out.add_argument("--save-experts", type=Path, help="also save the unmerged mixture (for ablations)")
+    out.add_argument("--task-name", help="task name for --registry / --push (default: the GLUE task or OUTPUT stem)")
+    out.add_argument("--registry", type=Path, help="publish into this server registry directory")
+    out.add_argument("--push", metavar="URL", help="upload to a running server (PUT URL/v1/adapters/TASK)")
+    out.add_argument("--api-key", help="bearer key for --push")
+    out.add_argument("--checkpoint-dir", type=Path, help="resumable checkpoints (default: OUTPUT.ckpt)")
+    out.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    out.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir after an interruption")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+    add_eval_parser(subparsers)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data (a GLUE directory, or generic CSV / TSV / JSONL files)")
+    d.add_argument("--glue-task", choices=sorted(GLUE_TASKS), help="read --data as this GLUE task's TSV directory")
+    d.add_argument("--data", type=Path, help="GLUE task directory (train.tsv, dev.tsv)")
+    d.add_argument("--train-file", type=Path, help="generic train file (.csv, .tsv, .jsonl)")
+    d.add_argument("--dev-file", type=Path, help="generic dev file (.csv, .tsv, .jsonl)")
+    d.add_argument("--text-column", default="text")
+    d.add_argument("--text-pair-column", help="second text column for pair tasks")
+    d.add_argument("--label-column", default="label")
+    d.add_argument("--labels", help="comma-separated label names in head order (default: sorted train labels)")
+    d.add_argument("--regression", action="store_true", help="the label is a number (MSE loss, Pearson)")
+    d.add_argument("--metric", choices=("accuracy", "f1", "matthews", "pearson", "spearman"),
+                   help="generic files: the metric that picks the best epoch")
+    d.add_argument("--dev-limit", type=int, help="evaluate on the first N dev rows only")
+    d.add_argument("--backbone", type=Path, help="local Hugging Face model directory (default: embedded MiniLM)")
+
+
+def load_dataset(args: argparse.Namespace, need_train: bool = True) -> Dataset:
+    """The data set the arguments name; `need_train=False` (eval) reads only the dev split."""
+    if args.glue_task:
+        if args.data is None:
+            raise DataError("--glue-task needs --data DIR (the task's directory with train.tsv and dev.tsv)")
+        data = load_glue(args.glue_task, args.data) if need_train else load_glue_dev(args.glue_task, args.data)
+    else:
+        if args.dev_file is None or (need_train and args.train_file is None):
+            raise DataError("give --glue-task with --data DIR, or --train-file and --dev-file")
+        labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+        data = load_files(args.train_file or args.dev_file, args.dev_file, args.text_column, args.label_column,
+                          args.text_pair_column, labels, args.regression, args.metric)
+    if getattr(args, "train_limit", None):
+        keep = epoch_order(len(data.train), SUBSET_SEED, 0)[:args.train_limit].tolist()
+        data.train = [data.train[i] for i in sorted(keep)]
+    if args.dev_limit:
+        data.dev = data.dev[:args.dev_limit]
+    return data
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        from trainer.export import ExportError
+        from trainer.run import train_from_args
+
+        return train_from_args(args)
+    except (DataError, ValueError, FileNotFoundError, ExportError) as exc:
+        print(f"adamix train: error: {exc}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,96 @@
+"""The unmerged mixture (`--save-experts`), for ablations: safetensors + JSON metadata, never pickle.
+
+Also single random routes: the merge ablation compares the merged adapter with models that keep one
+randomly chosen expert per mixture module.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from adamix import AdaMixConfig, AdaMixTaskModel, BackboneInfo, TaskSpec, add_adamix
+from adamix.adapter_file import check_backbone
+from adamix.layers import MixtureAdapter
+from adamix.model import mixture_modules
+
+EXPERTS_FORMAT = "adamix-experts"
+
+
+def save_experts(path: str | Path, model: AdaMixTaskModel, info: BackboneInfo, provenance: dict) -> None:
+    """Every trainable tensor of the unmerged mixture (all M experts) + the task head."""
+    config = getattr(model, "adamix_config", None)
+    if config is None:
+        raise ValueError("--save-experts needs an AdaMix model; full fine-tuning has no experts")
+    tensors = {n: p.detach().to("cpu", torch.float32).contiguous() for n, p in model.named_parameters()
+               if p.requires_grad}
+    meta = {"format": EXPERTS_FORMAT, "format_version": 1, "config": config.to_dict(), "backbone": info.to_dict(),
+            "task": model.task.to_dict(), "provenance": provenance}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={EXPERTS_FORMAT: json.dumps(meta, allow_nan=False)})
+
+
+def file_kind(path: str | Path) -> str:
+    """'adapter' (a merged adapter file) or 'experts' (a --save-experts checkpoint), from the header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own types for a non-safetensors file
+        raise ValueError(f"{path} is not a safetensors file: {exc}") from None
+    if EXPERTS_FORMAT in metadata:
+        return "experts"
+    if "adamix" in metadata:
+        return "adapter"
+    raise ValueError(f"{path} is neither an AdaMix adapter file nor a --save-experts checkpoint "
+                     f"(metadata keys {sorted(metadata)})")
+
+
+def load_experts(path: str | Path, backbone: nn.Module, info: BackboneInfo) -> tuple[AdaMixTaskModel, dict]:
+    """Rebuild the unmerged model on `backbone` (fresh, unadapted); every key and shape is checked."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})[EXPERTS_FORMAT])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    check_backbone(BackboneInfo(**meta["backbone"]), info)
+    t = meta["task"]
+    task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"])
+    model = AdaMixTaskModel(backbone, task)
+    add_adamix(model, AdaMixConfig.from_dict(meta["config"]))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(tensors):
+        raise ValueError(f"{path}: tensors do not match the model: missing {sorted(set(params) - set(tensors))[:3]}, "
+                         f"extra {sorted(set(tensors) - set(params))[:3]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            if param.shape != tensors[name].shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, "
+                                 f"expected {tuple(param.shape)}")
+            param.copy_(tensors[name])
+    return model.eval(), meta
+
+
+@contextmanager
+def single_route(model: nn.Module, generator: torch.Generator) -> Iterator[list[int]]:
+    """Within the block, every mixture module keeps one randomly drawn expert per projection; yields the route."""
+    saved: list[tuple[nn.Module, str, nn.Module]] = []
+    route: list[int] = []
+    for module in mixture_modules(model):
+        attrs = ("down", "up") if isinstance(module, MixtureAdapter) else ("A", "B")
+        for attr in attrs:
+            experts = getattr(module, attr)
+            if len(experts) == 1:
+                continue
+            i = int(torch.randint(len(experts), (1,), generator=generator))
+            route.append(i)
+            saved.append((module, attr, experts))
+            setattr(module, attr, type(experts)([experts[i]]))
+    try:
+        yield route
+    finally:
+        for module, attr, experts in saved:
+            setattr(module, attr, experts)
