@@ -33,6 +33,7 @@ log = logging.getLogger("adamix.registry")
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_CHARS = 16  # version id = the first 16 hex digits of the blob's sha256
 _VERSION = re.compile(r"^[0-9a-f]{16}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_FORMAT = 1
 STALE_TEMP_SECONDS = 600  # temp files older than this are leftovers of a crash; younger ones may be in use
 
@@ -241,7 +242,7 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ internals
 
     def _blob_path(self, sha: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        if not SHA256_HEX.fullmatch(sha):
             raise ValueError(f"not a sha256: {sha!r}")
         return self._blobs / f"{sha}.safetensors"
 
@@ -303,7 +304,8 @@ class AdapterRegistry:
             raise ValueError(f"manifest names task {task!r} but is stored as {path.name}")
         versions = tuple(VersionRecord.from_dict(v) for v in data["versions"])
         for v in versions:
-            if not _VERSION.fullmatch(v.version) or not v.sha256.startswith(v.version):
+            if not SHA256_HEX.fullmatch(v.sha256) or not _VERSION.fullmatch(v.version) \
+                    or not v.sha256.startswith(v.version):
                 raise ValueError(f"version {v.version!r} does not match its sha256")
         active = data["active"]
         if active is not None and active not in {v.version for v in versions}:

@@ -133,3 +133,15 @@ def test_publish_file_moves_the_upload_in_says_whether_it_was_new_and_check_can_
         upload(blobs[1], refuse)
     assert len(reg.get("task").versions) == 1 and len(list((tmp_path / "blobs").iterdir())) == 1
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_manifest_with_a_malformed_sha256_is_ignored_not_fatal(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    record = AdapterRegistry(tmp_path, info).publish("ok", blobs[0])
+    manifest = json.loads((tmp_path / "tasks" / "ok.json").read_text())
+    manifest["task"] = "bad"
+    manifest["versions"][0]["sha256"] = record.version + "/../x"  # starts with the version, not 64 hex digits
+    (tmp_path / "tasks" / "bad.json").write_text(json.dumps(manifest))
+    reg = AdapterRegistry(tmp_path, info)
+    assert reg.tasks() == ["ok"]
+    assert any("bad.json" in p for p in reg.problems)
