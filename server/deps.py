@@ -6,7 +6,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.auth import Principal
-from server.settings import Settings
 from server.state import ServerState
 
 # Route access policies, set on an endpoint with `@access(...)`; a route without one is admin-only.
@@ -56,11 +55,6 @@ def get_principal(request: Request) -> Principal:
     return request.state.principal
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.server.settings
-
-
 StateDep = Annotated[ServerState, Depends(get_state)]
 ReadyStateDep = Annotated[ServerState, Depends(get_ready_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -22,9 +22,6 @@ from adamix import AdaMixConfig, AdapterFile
 from adamix.layers import layer_features
 from adamix.model import site_names
 
-POOLINGS = ("mean", "cls", "pooler", "last")
-
-
 @dataclass(frozen=True)
 class AdapterKey:
     """Slots are keyed by (task, version): a hot-swapped task gets a new slot, in-flight rows keep the old."""
