@@ -183,45 +183,45 @@ def _examples(rows: list[tuple], labels: Sequence[str], task_type: str, source: 
 
 def load_glue(task: str, directory: str | Path) -> Dataset:
     """A GLUE task from its standard TSV directory (train.tsv + dev.tsv, labels given human names)."""
-    if task not in GLUE_TASKS:
-        raise DataError(f"unknown GLUE task {task!r}; known: {sorted(GLUE_TASKS)}")
-    layout = GLUE_TASKS[task]
+    layout = _glue_layout(task)
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"GLUE data directory {directory} does not exist")
-    labels = tuple(layout.labels.values())
     splits = {}
     for split, filename in (("train", "train.tsv"), ("dev", layout.dev_file)):
-        path = directory / filename
-        if not path.is_file():
+        if not (directory / filename).is_file():
             raise DataError(f"{directory} has no {filename} (the GLUE {task} {split} split)")
-        names, rows = _read_tsv(path, layout.header)
-        cols = [_column(names, c, path) if c is not None else None
-                for c in (layout.text, layout.text_pair, layout.label)]
-        width = max(c for c in cols if c is not None) + 1
-        short = next((i for i, r in enumerate(rows) if len(r) < width), None)
-        if short is not None:
-            raise DataError(f"{path} row {short + 1 + layout.header} has {len(rows[short])} fields, "
-                            f"the {task} layout needs {width}")
-        picked = [tuple(None if c is None else r[c] for c in cols) for r in rows]
-        splits[split] = _examples(picked, labels, layout.task_type, str(path), layout.labels or None,
-                                  first_line=1 + layout.header)
-    return Dataset(f"glue/{task}", layout.task_type, labels, layout.metric, layout.metrics,
+        splits[split] = _glue_split(task, layout, directory / filename)
+    return Dataset(f"glue/{task}", layout.task_type, tuple(layout.labels.values()), layout.metric, layout.metrics,
                    splits["train"], splits["dev"])
 
 
 def load_glue_dev(task: str, directory: str | Path) -> Dataset:
     """Only the dev split of a GLUE task (for `adamix eval`; QNLI here has no train split)."""
-    layout = GLUE_TASKS.get(task)
-    if layout is None:
+    layout = _glue_layout(task)
+    dev = _glue_split(task, layout, Path(directory) / layout.dev_file)
+    return Dataset(f"glue/{task}", layout.task_type, tuple(layout.labels.values()), layout.metric, layout.metrics,
+                   [], dev)
+
+
+def _glue_layout(task: str) -> GlueLayout:
+    if task not in GLUE_TASKS:
         raise DataError(f"unknown GLUE task {task!r}; known: {sorted(GLUE_TASKS)}")
-    path = Path(directory) / layout.dev_file
+    return GLUE_TASKS[task]
+
+
+def _glue_split(task: str, layout: GlueLayout, path: Path) -> list[Example]:
+    """One GLUE TSV file -> examples, refusing rows too short for the task's column layout."""
     names, rows = _read_tsv(path, layout.header)
     cols = [_column(names, c, path) if c is not None else None for c in (layout.text, layout.text_pair, layout.label)]
+    width = max(c for c in cols if c is not None) + 1
+    short = next((i for i, r in enumerate(rows) if len(r) < width), None)
+    if short is not None:
+        raise DataError(f"{path} row {short + 1 + layout.header} has {len(rows[short])} fields, "
+                        f"the {task} layout needs {width}")
     picked = [tuple(None if c is None else r[c] for c in cols) for r in rows]
-    labels = tuple(layout.labels.values())
-    dev = _examples(picked, labels, layout.task_type, str(path), layout.labels or None, first_line=1 + layout.header)
-    return Dataset(f"glue/{task}", layout.task_type, labels, layout.metric, layout.metrics, [], dev)
+    return _examples(picked, tuple(layout.labels.values()), layout.task_type, str(path), layout.labels or None,
+                     first_line=1 + layout.header)
 
 
 def load_files(train_file: str | Path, dev_file: str | Path, text_column: str, label_column: str,

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from adamix import default_backbone_path
 from tests.conftest import SHARED_DATA
-from trainer.data import Collator, DataError, Example, load_files, load_glue, train_batches
+from trainer.data import Collator, DataError, Example, load_files, load_glue, load_glue_dev, train_batches
 
 GLUE = SHARED_DATA / "glue"
 
@@ -49,6 +49,15 @@ def test_glue_unknown_label_names_row(tmp_path: Path) -> None:
     (tmp_path / "dev.tsv").write_text(rows)
     with pytest.raises(DataError, match=r"train.tsv row 3: unknown label 'maybe'"):
         load_glue("rte", tmp_path)
+
+
+@pytest.mark.parametrize("load", [load_glue, load_glue_dev], ids=["train+dev", "dev only"])
+def test_glue_short_row_is_named(tmp_path: Path, load) -> None:
+    good = "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n"
+    (tmp_path / "train.tsv").write_text(good)
+    (tmp_path / "dev.tsv").write_text(good + "1\tc\n")
+    with pytest.raises(DataError, match=r"dev.tsv row 3 has 2 fields, the rte layout needs 4"):
+        load("rte", tmp_path)
 
 
 def _write(path: Path, text: str) -> Path:
