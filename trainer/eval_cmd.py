@@ -61,6 +61,7 @@ def _check_labels(data: Dataset, task) -> None:
 
 def evaluate_file(args: argparse.Namespace) -> dict:
     from adamix import load_backbone, read_adapter_file, task_model_from_adapter
+    from adamix.model import backbone_of
     from trainer.cli import load_dataset
     from trainer.evaluate import evaluate
     from trainer.experts import file_kind, load_experts, single_route
@@ -72,7 +73,7 @@ def evaluate_file(args: argparse.Namespace) -> dict:
         raise ValueError("--routing random needs a --save-experts checkpoint (a merged adapter has one route)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, tokenizer, info = load_backbone(args.backbone)
-    backbone = getattr(backbone, "base_model", backbone)
+    backbone = backbone_of(backbone)
     if kind == "adapter":
         adapter = read_adapter_file(args.adapter, info)
         model, task, prov = task_model_from_adapter(backbone, adapter), adapter.task, adapter.provenance

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from adamix import TaskSpec, load_backbone
 from adamix.adapter_file import adapter_to_bytes, write_adapter_file
+from adamix.model import backbone_of
 from trainer.data import Dataset
 from trainer.distributed import DistContext, setup, teardown
 from trainer.experts import save_experts
@@ -43,7 +44,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     ctx = setup(args.device)
     try:
         backbone, tokenizer, info = load_backbone(args.backbone)
-        backbone = getattr(backbone, "base_model", backbone)
+        backbone = backbone_of(backbone)
         task = TaskSpec(type=data.task_type, labels=data.labels, pooling=args.pooling, max_seq_len=args.max_seq_len)
         config = adamix_config(args.method, args.bottleneck, args.experts, args.lora_r, args.consistency_weight,
                                args.seed)
