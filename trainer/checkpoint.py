@@ -37,6 +37,20 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Copy `tensors` into the model's trainable parameters: the names must be exactly those, and every shape match."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != set(params):
+        raise ValueError(f"{where}: tensors do not match the model's trainable parameters: missing "
+                         f"{sorted(set(params) - set(tensors))[:3]}, extra {sorted(set(tensors) - set(params))[:3]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if params[name].shape != value.shape:
+                raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}, "
+                                 f"the model expects {tuple(params[name].shape)}")
+            params[name].copy_(value)
+
+
 def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                     best: dict[str, torch.Tensor] | None, router_state: torch.Tensor | None,
                     run_signature: dict) -> None:
@@ -79,18 +93,8 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         raise ValueError(f"--resume {directory}: the checkpoint was made by a different run; "
                          f"differing settings (checkpoint, now): {diff}")
     tensors = load_file(str(directory / TENSORS))
-    params = dict(model.named_parameters())
     weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != expected:
-        raise ValueError(f"--resume {directory}: checkpoint weights do not match the model: missing "
-                         f"{sorted(expected - set(weights))[:3]}, extra {sorted(set(weights) - expected)[:3]}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            if params[name].shape != value.shape:
-                raise ValueError(f"--resume {directory}: {name} has shape {tuple(value.shape)}, "
-                                 f"the model expects {tuple(params[name].shape)}")
-            params[name].copy_(value)
+    load_trainable(model, weights, f"--resume {directory}")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):

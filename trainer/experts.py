@@ -19,6 +19,7 @@ from adamix import AdaMixConfig, AdaMixTaskModel, BackboneInfo, TaskSpec, add_ad
 from adamix.adapter_file import check_backbone
 from adamix.layers import MixtureAdapter
 from adamix.model import mixture_modules
+from trainer.checkpoint import load_trainable
 
 EXPERTS_FORMAT = "adamix-experts"
 
@@ -61,16 +62,7 @@ def load_experts(path: str | Path, backbone: nn.Module, info: BackboneInfo) -> t
     task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"])
     model = AdaMixTaskModel(backbone, task)
     add_adamix(model, AdaMixConfig.from_dict(meta["config"]))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(tensors):
-        raise ValueError(f"{path}: tensors do not match the model: missing {sorted(set(params) - set(tensors))[:3]}, "
-                         f"extra {sorted(set(tensors) - set(params))[:3]}")
-    with torch.no_grad():
-        for name, param in params.items():
-            if param.shape != tensors[name].shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, "
-                                 f"expected {tuple(param.shape)}")
-            param.copy_(tensors[name])
+    load_trainable(model, tensors, str(path))
     return model.eval(), meta
 
 

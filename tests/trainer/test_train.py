@@ -163,3 +163,17 @@ def test_single_module_baselines_refuse_several_experts() -> None:
         adamix_config("adapter", num_experts=4)
     assert adamix_config("adamix").num_experts == 4 and adamix_config("adamix").share_up
     assert adamix_config("full") is None
+
+
+def test_load_trainable_refuses_missing_extra_and_misshapen_tensors() -> None:
+    from trainer.checkpoint import load_trainable
+
+    model = torch.nn.Linear(3, 2)
+    model.bias.requires_grad_(False)  # frozen: not part of the trainable state
+    good = {"weight": torch.ones(2, 3)}
+    load_trainable(model, good, "ckpt")
+    assert torch.equal(model.weight, good["weight"]) and trainable_state(model).keys() == {"weight"}
+    with pytest.raises(ValueError, match=r"ckpt: tensors do not match .* missing \['weight'\], extra \['bias'\]"):
+        load_trainable(model, {"bias": torch.ones(2)}, "ckpt")
+    with pytest.raises(ValueError, match=r"ckpt: weight has shape \(3, 2\), the model expects \(2, 3\)"):
+        load_trainable(model, {"weight": torch.ones(3, 2)}, "ckpt")
