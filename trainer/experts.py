@@ -12,11 +12,12 @@ from typing import Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from adamix import AdaMixConfig, AdaMixTaskModel, BackboneInfo, TaskSpec, add_adamix
 from adamix.adapter_file import check_backbone
+from adamix.atomic import atomic_write
 from adamix.layers import MixtureAdapter
 from adamix.model import mixture_modules
 from trainer.checkpoint import load_trainable
@@ -33,8 +34,7 @@ def save_experts(path: str | Path, model: AdaMixTaskModel, info: BackboneInfo, p
                if p.requires_grad}
     meta = {"format": EXPERTS_FORMAT, "format_version": 1, "config": config.to_dict(), "backbone": info.to_dict(),
             "task": model.task.to_dict(), "provenance": provenance}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={EXPERTS_FORMAT: json.dumps(meta, allow_nan=False)})
+    atomic_write(path, save(tensors, metadata={EXPERTS_FORMAT: json.dumps(meta, allow_nan=False)}))
 
 
 def file_kind(path: str | Path) -> str:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from adamix.atomic import atomic_write
+
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, trainable_state
 from trainer.data import Collator, Dataset, train_batches
 from trainer.distributed import DistContext, all_reduce_gradients, assert_same_across_ranks, shard
@@ -193,8 +195,5 @@ def _evaluate(model: nn.Module, data: Dataset, collate: Collator, cfg: TrainConf
 
 def write_log(path: Path, history: list[dict]) -> None:
     """The JSONL log: one line per evaluation (rewritten whole, so a resumed run has no duplicate lines)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in history))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in history).encode())
 
