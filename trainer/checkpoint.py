@@ -1,22 +1,23 @@
 """Resumable training checkpoints: safetensors (weights, optimizer moments, RNG states) + JSON; no pickle.
 
-A checkpoint directory holds `state.safetensors` and `trainer_state.json`, written to a temporary
-directory and renamed into place, so an interruption mid-write leaves the previous checkpoint intact.
+A checkpoint directory holds one file, `state.safetensors`, whose metadata carries the trainer state as
+JSON. It is replaced with `atomic_write`, so an interruption at any point leaves a whole checkpoint.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
+from adamix.atomic import atomic_write
+
 TENSORS = "state.safetensors"
-STATE = "trainer_state.json"
+STATE_KEY = "trainer_state"  # the safetensors metadata key holding the JSON trainer state
 
 
 @dataclass
@@ -68,31 +69,25 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout masks on the GPU
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
     meta = {"state": asdict(state), "param_groups": opt["param_groups"], "signature": run_signature}
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-    (tmp / STATE).write_text(json.dumps(meta, allow_nan=False))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                metadata={STATE_KEY: json.dumps(meta, allow_nan=False)})
+    atomic_write(directory / TENSORS, data)
 
 
 def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     run_signature: dict) -> tuple[TrainState, dict[str, torch.Tensor] | None, torch.Tensor | None]:
     """Restore model weights, optimizer moments and the global RNG; return (state, best, router state)."""
     directory = Path(directory)
-    if not (directory / STATE).is_file() or not (directory / TENSORS).is_file():
-        raise FileNotFoundError(f"--resume {directory}: no checkpoint there (expected {STATE} and {TENSORS})")
-    meta = json.loads((directory / STATE).read_text())
+    path = directory / TENSORS
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {directory}: no checkpoint there (expected {TENSORS})")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})[STATE_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     diff = {k: (meta["signature"].get(k), v) for k, v in run_signature.items() if meta["signature"].get(k) != v}
     if diff:
         raise ValueError(f"--resume {directory}: the checkpoint was made by a different run; "
                          f"differing settings (checkpoint, now): {diff}")
-    tensors = load_file(str(directory / TENSORS))
     weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
     load_trainable(model, weights, f"--resume {directory}")
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
