@@ -7,12 +7,11 @@ from adamix.adapter_file import (
     AdapterFile,
     AdapterFileError,
     BackboneMismatchError,
-    adapter_from_model,
     read_adapter_bytes,
     read_adapter_file,
-    task_model_from_adapter,
     write_adapter_file,
 )
+from adamix.convert import adapter_from_model, task_model_from_adapter
 from adamix.backbone import BackboneInfo, backbone_fingerprint, backbone_info, default_backbone_path, load_backbone
 from adamix.config import AdaMixConfig
 from adamix.layers import Router

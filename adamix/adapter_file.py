@@ -5,24 +5,23 @@ shape, dtype and value is checked; nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch import nn
 
 from adamix.atomic import atomic_write
 from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
-from adamix.model import ARCHITECTURES, _fused_mask, add_adamix, backbone_of, is_merged, site_names
-from adamix.task import AdaMixTaskModel, TaskSpec
+from adamix.model import ARCHITECTURES, _fused_mask, site_names
+from adamix.task import TaskSpec
 
 FORMAT_NAME = "adamix-adapter"
 FORMAT_VERSION = 1
@@ -76,21 +75,71 @@ class AdapterFile:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def sites(self) -> dict[str, AdapterWeights | LoRAWeights]:
+        """Adapted layer (module path in the backbone) -> its merged weights."""
+        out: dict[str, AdapterWeights | LoRAWeights] = {}
+        for key in self.tensors:
+            if key in HEAD_KEYS:
+                continue
+            kind, site, part = _split_key(key)
+            if kind == "adapter" and part == "down.weight":
+                out[site] = AdapterWeights(*(self.tensors[tensor_key(kind, site, p)] for p in _ADAPTER_PARTS))
+            elif kind == "lora" and part == "A":
+                out[site] = LoRAWeights(*(self.tensors[tensor_key(kind, site, p)] for p in _LORA_PARTS))
+        return out
 
-# ---------------------------------------------------------------- canonical keys <-> model parameters
+    @property
+    def rank(self) -> int:
+        """The largest bottleneck / LoRA rank over the adapted layers (0 with none)."""
+        return max((w[0].shape[0] for w in self.sites().values()), default=0)
 
-def _canonical_key(name: str) -> str | None:
-    """Model parameter name (relative to the backbone, merged) -> file key; None if not an adapter param."""
-    for marker, prefix, parts in ((".adamix_adapter.", "adapter", {"down.0.weight": "down.weight",
-                                                                  "down.0.bias": "down.bias",
-                                                                  "up.0.weight": "up.weight",
-                                                                  "up.0.bias": "up.bias"}),
-                                  (".adamix_lora.", "lora", {"A.0": "A", "B.0": "B"})):
-        if marker in name:
-            site, _, rest = name.partition(marker)
-            site = site.removesuffix(".base_layer")
-            return f"{prefix}.{site}.{parts[rest]}"
-    return None
+    @property
+    def head(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight (C, d), bias (C,)) of the task head; None for a task without one."""
+        if HEAD_WEIGHT not in self.tensors:
+            return None
+        return self.tensors[HEAD_WEIGHT], self.tensors[HEAD_BIAS]
+
+
+# ---------------------------------------------------------------- tensor keys (built and parsed only here)
+
+class AdapterWeights(NamedTuple):
+    """A merged bottleneck adapter at one site: `h + up(gelu(down(h)))`."""
+
+    down_weight: torch.Tensor  # (r, d)
+    down_bias: torch.Tensor  # (r,)
+    up_weight: torch.Tensor  # (d, r)
+    up_bias: torch.Tensor  # (d,)
+
+
+class LoRAWeights(NamedTuple):
+    """A merged LoRA at one site: `base(x) + scaling * B(A(x))`."""
+
+    A: torch.Tensor  # (k, in)
+    B: torch.Tensor  # (out, k)
+
+
+HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"  # (C, d), (C,): the task head, absent without one
+HEAD_KEYS = (HEAD_WEIGHT, HEAD_BIAS)
+_ADAPTER_PARTS = ("down.weight", "down.bias", "up.weight", "up.bias")
+_LORA_PARTS = ("A", "B")
+_PARTS = {"adapter": _ADAPTER_PARTS, "lora": _LORA_PARTS}
+
+
+def tensor_key(kind: str, site: str, part: str) -> str:
+    """The file key of one tensor: `adapter.{site}.down.weight`, `lora.{site}.A`, ..."""
+    if part not in _PARTS[kind]:
+        raise ValueError(f"{kind} tensors have parts {_PARTS[kind]}, not {part!r}")
+    return f"{kind}.{site}.{part}"
+
+
+def _split_key(key: str) -> tuple[str, str, str]:
+    """`adapter.{site}.down.weight` -> ("adapter", site, "down.weight")."""
+    kind, _, rest = key.partition(".")
+    for part in _PARTS.get(kind, ()):
+        if rest.endswith("." + part):
+            return kind, rest.removesuffix("." + part), part
+    raise ValueError(f"not an adapter tensor key: {key!r}")
 
 
 def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec) -> dict[str, tuple[int, ...]]:
@@ -100,65 +149,21 @@ def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec
     for site in site_names(config, backbone.model_type, backbone.num_layers):
         if config.kind == "adapter":
             r = config.bottleneck
-            shapes.update({f"adapter.{site}.down.weight": (r, d), f"adapter.{site}.down.bias": (r,),
-                           f"adapter.{site}.up.weight": (d, r), f"adapter.{site}.up.bias": (d,)})
+            parts = dict(zip(_ADAPTER_PARTS, ((r, d), (r,), (d, r), (d,))))
         else:
-            fused = backbone.model_type == "gpt2"
-            k = config.lora_r * (len(config.lora_targets) if fused else 1)
-            shapes.update({f"lora.{site}.A": (k, d), f"lora.{site}.B": (3 * d if fused else d, k)})
+            fused = ARCHITECTURES[backbone.model_type].fused_qkv
+            k = config.lora_r * (len(config.lora_targets) if fused else 1)  # fused q|k|v: one rank-r block a target
+            parts = {"A": (k, d), "B": (3 * d if fused else d, k)}
+        shapes.update({tensor_key(config.kind, site, part): shape for part, shape in parts.items()})
     if task.num_outputs:
-        shapes.update({"head.weight": (task.num_outputs, d), "head.bias": (task.num_outputs,)})
+        shapes.update({HEAD_WEIGHT: (task.num_outputs, d), HEAD_BIAS: (task.num_outputs,)})
     return shapes
-
-
-def adapter_from_model(model: AdaMixTaskModel | nn.Module, backbone: BackboneInfo, task: TaskSpec,
-                       provenance: dict | None = None) -> AdapterFile:
-    """Extract the served adapter (merged mixture + head) from a model built by `add_adamix`."""
-    config = getattr(model, "adamix_config", None)
-    if config is None:
-        raise ValueError("model has no AdaMix modules; build it with add_adamix")
-    if not is_merged(model):
-        raise ValueError("the adapter file holds the merged adapter; call merge_adamix(model) first")
-    tensors = {}
-    for name, param in backbone_of(model).named_parameters():
-        key = _canonical_key(name)
-        if key is not None:
-            tensors[key] = param.detach().to("cpu", torch.float32).contiguous().clone()
-    head = getattr(model, "head", None)
-    if task.num_outputs:
-        if head is None:
-            raise ValueError(f"a {task.type} adapter needs the model's task head; the model has none")
-        tensors["head.weight"] = head.weight.detach().to("cpu", torch.float32).contiguous().clone()
-        tensors["head.bias"] = head.bias.detach().to("cpu", torch.float32).contiguous().clone()
-    adapter = AdapterFile(config, backbone, task, tensors, dict(provenance or {}))
-    _check_tensors(adapter)
-    return adapter
-
-
-def task_model_from_adapter(backbone: nn.Module, adapter: AdapterFile) -> AdaMixTaskModel:
-    """Build the served model offline: `backbone` (fresh, unadapted) + the adapter's merged modules + head."""
-    model = AdaMixTaskModel(backbone, adapter.task)
-    add_adamix(model, dataclasses.replace(adapter.config, num_experts=1))
-    base = backbone_of(model)
-    params = {name: _canonical_key(name) for name, _ in base.named_parameters()}
-    params = {name: key for name, key in params.items() if key is not None}
-    adapter_keys = {k for k in adapter.tensors if not k.startswith("head.")}
-    if set(params.values()) != adapter_keys:
-        raise AdapterFileError(f"adapter keys do not fit the backbone: extra "
-                               f"{sorted(adapter_keys - set(params.values()))[:3]}, missing "
-                               f"{sorted(set(params.values()) - adapter_keys)[:3]}", "tensors")
-    with torch.no_grad():
-        for name, key in params.items():
-            base.get_parameter(name).copy_(adapter.tensors[key])
-        model.head.weight.copy_(adapter.tensors["head.weight"])
-        model.head.bias.copy_(adapter.tensors["head.bias"])
-    return model.eval()
 
 
 # ---------------------------------------------------------------- writing
 
 def adapter_to_bytes(adapter: AdapterFile) -> bytes:
-    _check_tensors(adapter)
+    check_tensors(adapter)
     try:
         metadata = json.dumps(adapter.metadata(), sort_keys=True, allow_nan=False)
     except ValueError as exc:
@@ -206,7 +211,7 @@ def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> Ada
     except Exception as exc:  # safetensors raises its own error types for corrupt offsets
         raise AdapterFileError(f"tensor data is corrupt: {exc}", "file") from None
     adapter = AdapterFile(config, info, task, tensors, provenance)
-    _check_tensors(adapter)
+    check_tensors(adapter)
     return adapter
 
 
@@ -323,7 +328,7 @@ def _check_header_entries(header: dict, expected: dict[str, tuple[int, ...]]) ->
             raise AdapterFileError(f"tensor {key!r} must have shape {list(shape)}, got {entry.get('shape')!r}", key)
 
 
-def _check_tensors(adapter: AdapterFile) -> None:
+def check_tensors(adapter: AdapterFile) -> None:
     expected = expected_shapes(adapter.config, adapter.backbone, adapter.task)
     if set(adapter.tensors) != set(expected):
         extra = sorted(set(adapter.tensors) - set(expected))
@@ -344,9 +349,9 @@ def _check_fused_lora_mask(adapter: AdapterFile) -> None:
     """GPT-2 c_attn: each target's r columns of B may only feed its own q/k/v slice (zero elsewhere)."""
     if adapter.kind != "lora" or not ARCHITECTURES[adapter.backbone.model_type].fused_qkv:
         return
-    for key, tensor in adapter.tensors.items():
-        if key.startswith("lora.") and key.endswith(".B"):
-            outside = tensor * (1.0 - _fused_mask(tensor.shape[0], adapter.config))  # (out, k)
-            if outside.any():
-                raise AdapterFileError(f"tensor {key!r} is non-zero outside the q/k/v slices of its targets "
-                                       f"{list(adapter.config.lora_targets)} (e.g. on the key rows)", key)
+    for site, weights in adapter.sites().items():
+        outside = weights.B * (1.0 - _fused_mask(weights.B.shape[0], adapter.config))  # (out, k)
+        if outside.any():
+            key = tensor_key("lora", site, "B")
+            raise AdapterFileError(f"tensor {key!r} is non-zero outside the q/k/v slices of its targets "
+                                   f"{list(adapter.config.lora_targets)} (e.g. on the key rows)", key)

@@ -40,8 +40,8 @@ def _mean_linear(layers: nn.ModuleList) -> tuple[torch.Tensor, torch.Tensor | No
     """Uniform weight average ("model soup") of a list of nn.Linear experts."""
     if len(layers) == 1:
         return layers[0].weight, layers[0].bias
-    weight = torch.stack([layer.weight for layer in layers]).mean(0)
-    bias = None if layers[0].bias is None else torch.stack([layer.bias for layer in layers]).mean(0)
+    weight = torch.stack([layer.weight for layer in layers]).mean(0)  # (M, out, in) -> (out, in)
+    bias = None if layers[0].bias is None else torch.stack([layer.bias for layer in layers]).mean(0)  # (out,)
     return weight, bias
 
 
@@ -67,16 +67,16 @@ class MixtureAdapter(nn.Module):
         return max(len(self.down), len(self.up))
 
     def _route(self, layers: nn.ModuleList) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.training and len(layers) > 1:
+        if self.training and len(layers) > 1:  # training: the whole batch through one random expert
             if self.router is None:
                 raise RuntimeError("MixtureAdapter has several experts but no router; build it with add_adamix")
             layer = layers[self.router.draw(len(layers))]
             return layer.weight, layer.bias
-        return _mean_linear(layers)
+        return _mean_linear(layers)  # eval: the merged (weight-averaged) expert, never an output average
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        down_w, down_b = self._route(self.down)
-        up_w, up_b = self._route(self.up)
+        down_w, down_b = self._route(self.down)  # (r, d), (r,)
+        up_w, up_b = self._route(self.up)  # (d, r), (d,): with share_up one copy, never routed
         z = F.gelu(F.linear(h, down_w, down_b))  # (B, T, r), exact erf GELU
         return F.linear(z, up_w, up_b)  # (B, T, d)
 
@@ -118,25 +118,26 @@ class MixtureLoRA(nn.Module):
         return max(len(self.A), len(self.B))
 
     def _route(self, params: nn.ParameterList) -> torch.Tensor:
-        if self.training and len(params) > 1:
+        if self.training and len(params) > 1:  # training: one random expert for the whole batch
             if self.router is None:
                 raise RuntimeError("MixtureLoRA has several experts but no router; build it with add_adamix")
             return params[self.router.draw(len(params))]
-        return params[0] if len(params) == 1 else torch.stack(list(params)).mean(0)
+        return params[0] if len(params) == 1 else torch.stack(list(params)).mean(0)  # (M, ...) -> averaged
 
     def effective_b(self, b: torch.Tensor) -> torch.Tensor:
+        """(out, k) B with the fused-projection mask applied: each target's columns feed only its slice."""
         return b if self.out_mask is None else b * self.out_mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self._route(self.A)  # (k, in)
         b = self.effective_b(self._route(self.B))  # (out, k)
-        return (self.dropout(x) @ a.T @ b.T) * self.scaling  # (B, T, out)
+        return (self.dropout(x) @ a.T @ b.T) * self.scaling  # (B, T, in) @ (in, k) @ (k, out) -> (B, T, out)
 
     @torch.no_grad()
     def merged(self) -> MixtureLoRA:
         """A one-expert LoRA holding the averaged A and B (B already masked)."""
-        a = torch.stack(list(self.A)).mean(0)
-        b = self.effective_b(torch.stack(list(self.B)).mean(0))
+        a = torch.stack(list(self.A)).mean(0)  # (M, k, in) -> (k, in)
+        b = self.effective_b(torch.stack(list(self.B)).mean(0))  # (M_b, out, k) -> (out, k)
         plain = MixtureLoRA(a.shape[1], b.shape[0], a.shape[0], 1, self.scaling, self.dropout.p, True, None,
                             self.out_mask)
         plain.A[0] = nn.Parameter(a.detach().clone())
@@ -153,8 +154,8 @@ class AdapterSite(nn.Module):
         self.adamix_adapter = adapter
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        h = self.base_layer(x, *args, **kwargs)
-        return h + self.adamix_adapter(h)
+        h = self.base_layer(x, *args, **kwargs)  # (B, T, d): the FFN (or attention) output projection
+        return h + self.adamix_adapter(h)  # residual inside the site; dropout + LayerNorm follow in the backbone
 
 
 class LoRASite(nn.Module):

@@ -57,16 +57,12 @@ def _peft_weights(adapter: AdapterFile, prefix: str) -> tuple[dict[str, torch.Te
     """Our `lora.P.A` (k, in) / `lora.P.B` (out, k) -> PEFT's `base_model.model.P.lora_A/B.weight`, and k."""
     weights: dict[str, torch.Tensor] = {}
     ranks = set()
-    for key, tensor in adapter.tensors.items():
-        if not key.startswith("lora."):
-            continue  # the task head: no PEFT equivalent
-        site, _, part = key.removeprefix("lora.").rpartition(".")
-        name = {"A": "lora_A", "B": "lora_B"}[part]
+    for site, lora in adapter.sites().items():  # the task head has no PEFT equivalent
         # nn.Linear layout in PEFT for both Linear and Conv1D bases: lora_A (k, in), lora_B (out, k).
-        peft_key = f"base_model.model.{prefix}{site}.{name}.weight"
-        weights[peft_key] = tensor.detach().to("cpu", torch.float32).contiguous()
-        if part == "A":
-            ranks.add(tensor.shape[0])
+        for name, tensor in (("lora_A", lora.A), ("lora_B", lora.B)):
+            peft_key = f"base_model.model.{prefix}{site}.{name}.weight"
+            weights[peft_key] = tensor.detach().to("cpu", torch.float32).contiguous()
+        ranks.add(lora.A.shape[0])
     if len(ranks) != 1:
         raise ValueError(f"a PEFT LoRA adapter needs one rank across sites, the adapter has ranks {sorted(ranks)}")
     return weights, ranks.pop()

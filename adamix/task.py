@@ -1,7 +1,7 @@
 """A task model: frozen backbone (+ AdaMix modules) -> pooling -> linear task head."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -23,7 +23,6 @@ class TaskSpec:
     labels: tuple[str, ...] = ()
     pooling: Pooling = "mean"
     max_seq_len: int = 128
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -49,21 +48,20 @@ class TaskSpec:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["labels"] = list(self.labels)
-        data.pop("extra")
         return data
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
-         pooler_output: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, d) token states -> (B, d) per the task's pooling."""
+def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+                pooler_output: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, d) token states -> (B, d) per the task's pooling (token pooling; nothing to do with adapter pools)."""
     if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): 1 on real tokens, 0 on padding
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, d): mean over the real tokens
     if pooling == "cls":
-        return hidden[:, 0]
+        return hidden[:, 0]  # (B, d): the first token ([CLS] / <s>)
     if pooling == "last":
         last = attention_mask.sum(1).long().clamp_min(1) - 1  # (B,) index of the last real token (right padding)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
     if pooling == "pooler":
         if pooler_output is None:
             raise ValueError("pooling 'pooler' needs a backbone with a pooler (BERT)")
@@ -93,6 +91,6 @@ class AdaMixTaskModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        pooled = pool(out.last_hidden_state, attention_mask, self.task.pooling,
+        pooled = pool_states(out.last_hidden_state, attention_mask, self.task.pooling,
                       getattr(out, "pooler_output", None))  # (B, d)
         return self.head(self.dropout(pooled))  # (B, C)

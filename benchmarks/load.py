@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from adamix import AdaMixConfig, AdapterFile, TaskSpec, load_backbone  # noqa: E402
 from adamix.adapter_file import adapter_to_bytes, expected_shapes  # noqa: E402
 from server.auth import hash_key  # noqa: E402
-from server.engine import TextInput  # noqa: E402
+from server.responses import predictions  # noqa: E402
+from server.schemas import TextInput  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from server.state import ServerState  # noqa: E402
 
@@ -141,7 +142,7 @@ def process_cpu(pid: int) -> float:
 def start_server(registry: Path, keys: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ADAMIX_LOG_LEVEL": "warning",
            "ADAMIX_MAX_WAIT_MS": str(args.max_wait_ms), "ADAMIX_MAX_BATCH_ROWS": str(args.max_batch_rows)}
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--registry",
+    return subprocess.Popen([sys.executable, "-m", "adamix.cli", "serve", "--port", str(port), "--registry",
                              str(registry), "--api-keys", str(keys)], cwd=ROOT, env=env)
 
 
@@ -212,8 +213,9 @@ async def main(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
 
         async def in_process(i: int, task: str, inputs: list) -> None:
-            text = [TextInput(x) if isinstance(x, str) else TextInput(x["text"], x["text_pair"]) for x in inputs]
-            await state.predict(task, text)
+            text = [TextInput(text=x) if isinstance(x, str) else TextInput(**x) for x in inputs]
+            adapter, logits = await state.predict(task, text)
+            predictions(adapter.task, logits)  # shaped as the route does
 
         rows = {"in-process": [], "http": []}
         sides = (("in-process", in_process, time.process_time), ("http", via_http, lambda: process_cpu(proc.pid)))

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.cli import main as adamix  # noqa: E402
+from adamix.cli import main as adamix  # noqa: E402
 
 GLUE_DIRS = {"rte": "RTE", "sst2": "SST-2", "cola": "CoLA", "stsb": "STS-B", "mrpc": "MRPC", "qnli": "QNLI"}
 METHOD_LR = {"adamix": 1e-3, "adapter": 1e-3, "lora": 1e-3, "adamix-lora": 1e-3, "full": 5e-5}

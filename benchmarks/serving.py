@@ -35,12 +35,16 @@ sys.path.insert(0, str(ROOT))
 
 from adamix import AdaMixConfig, AdapterFile, TaskSpec, export_peft_lora, load_backbone  # noqa: E402
 from adamix.adapter_file import adapter_to_bytes, expected_shapes  # noqa: E402
-from adamix.task import pool as pool_tokens  # noqa: E402
+from adamix.registry import AdapterRegistry  # noqa: E402
+from adamix.task import pool_states  # noqa: E402
+from server.admission import Row  # noqa: E402
 from server.cache import HostCache  # noqa: E402
-from server.engine import BatchingEngine, Row, TextInput, length_groups  # noqa: E402
+from server.engine import Engine  # noqa: E402
+from server.executor import length_groups  # noqa: E402
 from server.metrics import ServerMetrics  # noqa: E402
-from server.pool import AdapterKey  # noqa: E402
-from server.registry import AdapterRegistry  # noqa: E402
+from server.responses import predictions  # noqa: E402
+from server.schemas import TextInput  # noqa: E402
+from server.served import AdapterKey, ServedAdapter, prepare  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 SST2_DEV = ROOT.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
@@ -101,17 +105,25 @@ class Bench:
         self.results: dict[str, object] = {}
         self.sentences = [line.split("\t")[0].strip() for line in SST2_DEV.read_text().splitlines()[1:]]
         self.model, self.tokenizer, self.info = load_backbone()
-        self.engine = BatchingEngine(self.model, self.tokenizer, self.info,
-                                     Settings(demo_adapters=None, max_batch_rows=ROWS, max_inputs_per_request=ROWS),
-                                     ServerMetrics())
+        self.engine = Engine(self.model, self.tokenizer, self.info,
+                             Settings(demo_adapters=None, max_batch_rows=ROWS, max_inputs_per_request=ROWS),
+                             ServerMetrics())
+        self.pool = self.engine.executor.pool
         self.batch = self.sentences[:ROWS]
 
     def record(self, name: str, value) -> None:
         self.results[name] = value
         print(f"{name}: {value}", flush=True)
 
-    def rows(self, keys_adapters: list[tuple[AdapterKey, AdapterFile]], texts: list[str]) -> list[Row]:
-        return [self.engine.encode(k, a, [TextInput(t)])[0] for (k, a), t in zip(keys_adapters, texts)]
+    def serve(self, task: str, adapter: AdapterFile, version: str = "v") -> ServedAdapter:
+        return prepare(AdapterKey(task, version), adapter, self.engine.limits)
+
+    def rows(self, adapters: list[ServedAdapter], texts: list[str]) -> list[Row]:
+        return [self.engine.admission.encode(a, [TextInput(text=t)])[0] for a, t in zip(adapters, texts)]
+
+    def run(self, rows: list[Row]) -> list[dict]:
+        """One forward of admitted rows, shaped into predictions as the server does."""
+        return [predictions(r.adapter.task, [x])[0] for r, x in zip(rows, self.engine.executor.run_batch(rows))]
 
     # ------------------------------------------------------------------ 1 + 2
 
@@ -119,7 +131,7 @@ class Bench:
         """Tokenised, padded inputs for the same length groups the engine forms for these texts."""
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
         return [self.tokenizer([texts[i] for i in g], padding=True, truncation=True, max_length=128,
-                               return_tensors="pt") for g in length_groups(lengths, self.engine._forward_cost_tokens)]
+                               return_tensors="pt") for g in length_groups(lengths, self.engine.executor._forward_cost_tokens)]
 
     def forward_overhead_and_mixing(self) -> None:
         bare, _, _ = load_backbone()
@@ -131,13 +143,13 @@ class Bench:
             with torch.inference_mode():
                 for enc in groups:
                     out = bare(**enc)
-                    pooled = pool_tokens(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
+                    pooled = pool_states(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
                     torch.softmax(F.linear(pooled, head_w, head_b), -1).tolist()
 
-        one = self.rows([(AdapterKey("t0", "v"), adapters[0])] * ROWS, self.batch)
-        mixed = self.rows([(AdapterKey(f"t{i}", "v"), a) for i, a in enumerate(adapters)], self.batch)
-        t = interleaved({"bare": bare_forward, "one": lambda: self.engine.run_batch(one),
-                         "mixed": lambda: self.engine.run_batch(mixed)}, self.reps)
+        one = self.rows([self.serve("t0", adapters[0])] * ROWS, self.batch)
+        mixed = self.rows([self.serve(f"t{i}", a) for i, a in enumerate(adapters)], self.batch)
+        t = interleaved({"bare": bare_forward, "one": lambda: self.run(one), "mixed": lambda: self.run(mixed)},
+                        self.reps)
         self.record("1. bare backbone forward, 64 rows (s: median CPU / fastest CPU / median wall)", _pair(t, "bare"))
         self.record("1. merged adapter r=16, one task, 64 rows (s: median CPU / fastest CPU / median wall)", _pair(t, "one"))
         self.record("1. adapter overhead vs bare (median CPU / fastest CPU / median wall)",
@@ -176,13 +188,13 @@ class Bench:
         # the engine's length groups (isolates the cost of the per-row adapter mechanism).
         whole = self.tokenizer(self.batch, padding=True, truncation=True, max_length=128, return_tensors="pt")
         lengths = [len(ids) for ids in self.tokenizer(self.batch, truncation=True, max_length=128)["input_ids"]]
-        split = length_groups(lengths, self.engine._forward_cost_tokens)
+        split = length_groups(lengths, self.engine.executor._forward_cost_tokens)
         split_encs = self.grouped(self.batch)
 
         def peft_batch(enc, rows: list[int]):
             with torch.inference_mode():
                 out = peft_model(**enc, adapter_names=[names[i] for i in rows])
-                pooled = pool_tokens(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
+                pooled = pool_states(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
                 return [torch.softmax(F.linear(pooled[j], *heads[i]), -1).tolist() for j, i in enumerate(rows)]
 
         def peft_one_batch():
@@ -191,9 +203,10 @@ class Bench:
         def peft_grouped():
             return [peft_batch(enc, g) for enc, g in zip(split_encs, split)]
 
-        mixed = self.rows([(AdapterKey(f"l{i}", "v"), a) for i, a in enumerate(adapters)], self.batch)
-        t = interleaved({"peft": peft_one_batch, "peft_grouped": peft_grouped,
-                         "ours": lambda: self.engine.run_batch(mixed)}, self.reps)
+        served = [self.serve(f"l{i}", a) for i, a in enumerate(adapters)]
+        mixed = self.rows(served, self.batch)
+        t = interleaved({"peft": peft_one_batch, "peft_grouped": peft_grouped, "ours": lambda: self.run(mixed)},
+                        self.reps)
         self.record("3. peft adapter_names, 64 rows / 64 adapters, one padded batch (s: median CPU / fastest CPU / median wall)",
                     _pair(t, "peft"))
         self.record("3. peft adapter_names, same length groups as ours (s: median CPU / fastest CPU / median wall)", _pair(t, "peft_grouped"))
@@ -212,7 +225,7 @@ class Bench:
                 e = self.tokenizer(text, truncation=True, max_length=128, return_tensors="pt")
                 with torch.inference_mode():
                     out = peft_model(**e)
-                    pooled = pool_tokens(out.last_hidden_state, e["attention_mask"], "mean")
+                    pooled = pool_states(out.last_hidden_state, e["attention_mask"], "mean")
                     return torch.softmax(F.linear(pooled, *heads[task]), -1).tolist()
 
         peft_n = ROWS
@@ -220,7 +233,7 @@ class Bench:
         for task, text in requests[:peft_n]:
             peft_request(task, text)
         peft_rps = peft_n / (time.perf_counter() - start)
-        ours_rps = asyncio.run(self._closed_loop(adapters, requests))
+        ours_rps = asyncio.run(self._closed_loop(served, requests))
         self.record("3. peft set_adapter-per-request server (requests/s)", round(peft_rps, 1))
         self.record("3. ours, 64 concurrent clients (requests/s)", round(ours_rps, 1))
         self.record("3. requests/s ours / peft set_adapter", f"{ours_rps / peft_rps:.2f}x")
@@ -233,9 +246,9 @@ class Bench:
                 clients.setdefault(task, []).append(text)
 
             async def client(task: int, texts: list[str]):
-                key = AdapterKey(f"l{task}", "v")
                 for text in texts:
-                    await self.engine.submit(key, adapters[task], [TextInput(text)])
+                    logits = await self.engine.predict(adapters[task], [TextInput(text=text)])
+                    predictions(adapters[task].task, logits)
 
             await client(0, [requests[0][1]])  # warm-up
             start = time.perf_counter()
@@ -253,12 +266,12 @@ class Bench:
                                                                                          1000 + i))).version
                         for i in range(n)]
             warm = synthetic_adapter(self.info, "adapter", 16, 999)  # as the server's start-up warm-up does:
-            self.engine.pool.acquire({AdapterKey("warm", "v"): warm})  # allocate the pool's site tensors
+            self.pool.acquire([self.serve("warm", warm)])  # allocate the pool's site tensors
             wall, cpu = [], []
             for i, version in enumerate(versions):
                 start, start_cpu = time.perf_counter(), time.process_time()
                 adapter = registry.load(f"cold{i}", version)  # read + sha256 + full validation
-                self.engine.pool.acquire({AdapterKey(f"cold{i}", version): adapter})  # into a pool slot
+                self.pool.acquire([self.serve(f"cold{i}", adapter, version)])  # prepared, into a pool slot
                 wall.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
         for name, times in (("wall", wall), ("CPU", cpu)):
@@ -279,16 +292,15 @@ class Bench:
                 registry.publish(f"task{i:05d}", adapter_to_bytes(synthetic_adapter(self.info, "adapter", 4, 5000 + i)))
             self.record(f"5. publish {tasks} tasks, once, cached in {root} (s)", round(time.perf_counter() - start, 1))
         rss_before = rss_mib()
-        cache = HostCache(registry, 512 << 20, self.engine.metrics)
+        cache = HostCache(registry, self.engine.limits, 512 << 20, self.engine.executor.metrics)
         rng = np.random.default_rng(0)
         names = registry.tasks()
         hot = [names[i] for i in rng.choice(len(names), active, replace=False)]
         weights = 1.0 / np.arange(1, active + 1) ** 1.1
         weights /= weights.sum()
 
-        def resolve(task: str) -> tuple[AdapterKey, AdapterFile]:
-            key = AdapterKey(task, registry.get(task).active)
-            return key, cache.get_sync(key)
+        def resolve(task: str) -> ServedAdapter:
+            return cache.get_sync(AdapterKey(task, registry.get(task).active))
 
         start = time.perf_counter()
         for task in hot:  # steady state: the active tasks' adapters sit in the host tier (~25 KiB each)
@@ -303,11 +315,11 @@ class Bench:
             picks = rng.choice(active, ROWS, p=weights)
             distinct.append(len(set(picks.tolist())))
             texts = [self.sentences[j] for j in rng.choice(len(self.sentences), ROWS)]
-            return self.engine.run_batch(self.rows([resolve(hot[p]) for p in picks], texts))
+            return self.run(self.rows([resolve(hot[p]) for p in picks], texts))
 
         def single_batch():
             texts = [self.sentences[j] for j in rng.choice(len(self.sentences), ROWS)]
-            return self.engine.run_batch(self.rows([resolve(hot[0])] * ROWS, texts))
+            return self.run(self.rows([resolve(hot[0])] * ROWS, texts))
 
         t = interleaved({"zipf": zipf_batch, "single": single_batch}, 2 * self.reps)
         self.record(f"5. 64-row batch, Zipf(1.1) over {active} of {len(names)} tasks (s: median CPU / fastest CPU / median wall)",
@@ -318,7 +330,7 @@ class Bench:
         self.record("5. adapters read from disk during the timed batches", cache.loads - loads_before)
         self.record("5. host tier: adapters / MiB", f"{len(cache)} / {cache.nbytes / 2**20:.1f}")
         self.record("5. device pool: slots / MiB allocated",
-                    f"{self.engine.pool.num_slots} / {self.engine.pool.nbytes() / 2**20:.1f}")
+                    f"{self.pool.num_slots} / {self.pool.nbytes() / 2**20:.1f}")
         self.record("5. process RSS before / after traffic (MiB)", f"{rss_before:.0f} / {rss_mib():.0f}")
         self.record("5. process max RSS (MiB)", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
@@ -336,7 +348,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     bench = Bench(args.reps)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pool slots {bench.engine.pool.num_slots}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pool slots {bench.pool.num_slots}")
     start = time.perf_counter()
     if "1" in args.sections or "2" in args.sections:
         bench.forward_overhead_and_mixing()

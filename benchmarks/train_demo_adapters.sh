@@ -21,7 +21,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 train() {  # train TASK DIR extra-args...
   local task=$1 dir=$2; shift 2
-  "${PYTHON:-python}" -m server.cli train --glue-task "$task" --data "$GLUE/$dir" --method "$METHOD" \
+  "${PYTHON:-python}" -m adamix.cli train --glue-task "$task" --data "$GLUE/$dir" --method "$METHOD" \
     --bottleneck 16 --seed 0 --output "$OUT/$task.safetensors" --log "$RUNS/$task.jsonl" \
     --checkpoint-dir "$RUNS/$task.ckpt" --no-progress "$@"
 }

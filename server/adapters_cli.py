@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from adamix.client import DEFAULT_URL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,44 +33,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _request(args: argparse.Namespace):
-    """(method, path, keyword arguments for httpx) for the chosen action."""
-    cmd = args.adapters_command
-    if cmd == "list":
-        return "GET", "/v1/adapters" + (f"/{args.task}" if args.task else ""), {}
-    if cmd == "upload":
-        return "PUT", f"/v1/adapters/{args.task}", {"content": args.file.read_bytes(),
-                                                   "headers": {"Content-Type": "application/octet-stream"}}
-    if cmd == "activate":
-        return "POST", f"/v1/adapters/{args.task}/activate", {"json": {"version": args.version}}
-    path = f"/v1/adapters/{args.task}" + (f"/versions/{args.version}" if args.version else "")
-    return "DELETE", path, {}
-
-
 def run(args: argparse.Namespace) -> int:
-    import httpx
+    from adamix.client import AdapterClient, ClientError
 
+    client, cmd = AdapterClient(args.url, args.api_key, args.timeout), args.adapters_command
     try:
-        method, path, kwargs = _request(args)
-    except OSError as exc:
+        if cmd == "list":
+            result = client.list(args.task)
+        elif cmd == "upload":
+            result = client.upload(args.task, args.file.read_bytes())
+        elif cmd == "activate":
+            result = client.activate(args.task, args.version)
+        else:
+            result = client.delete(args.task, args.version)
+    except OSError as exc:  # the local file
         print(f"adamix adapters: {exc}", file=sys.stderr)
         return 2
-    headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {args.api_key}"} if args.api_key else {})}
-    url = args.url.rstrip("/") + path
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=args.timeout, **kwargs)
-    except httpx.HTTPError as exc:
-        print(f"adamix adapters: could not reach {url}: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        print(f"adamix adapters: {exc}", file=sys.stderr)
         return 1
-    if response.status_code >= 400:
-        try:
-            err = response.json()["error"]
-            print(f"adamix adapters: {response.status_code} {err['code']}: {err['message']}", file=sys.stderr)
-        except (ValueError, KeyError, TypeError):
-            print(f"adamix adapters: {response.status_code}: {response.text[:500]}", file=sys.stderr)
-        return 1
-    if response.status_code == 204:
-        print(json.dumps({"deleted": args.task, "version": args.version}))
-    else:
-        print(json.dumps(response.json(), indent=1))
+    print(json.dumps(result, indent=None if cmd == "delete" else 1))
     return 0

@@ -1,4 +1,5 @@
-"""Domain errors and the one place that maps them to HTTP: status code + one JSON error shape.
+"""The one place that maps errors to HTTP: the server's own errors, the table for the domain errors of
+`adamix` (registry, adapter file), and one JSON error shape.
 
 Every error a client sees is `{"error": {"code": str, "message": str, "field": str | null}}`; the
 stack trace stays in the server log.
@@ -12,6 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adamix import AdapterFileError
+from adamix.manifest import (CorruptEntryError, InvalidTaskNameError, RegistryError, StorageFullError,
+                             TaskNotFoundError, VersionNotFoundError)
+
 log = logging.getLogger("adamix.server")
 
 
@@ -20,6 +25,7 @@ class ServeError(Exception):
 
     status_code = 500
     code = "internal_error"
+    rejection: str | None = None  # refused before any work: its `adamix_rejections_total{reason}` label
 
     def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -28,31 +34,9 @@ class ServeError(Exception):
         self.headers = headers or {}
 
 
-class TaskNotFoundError(ServeError):
-    status_code = 404
-    code = "task_not_found"
-
-
-class VersionNotFoundError(ServeError):
-    status_code = 404
-    code = "version_not_found"
-
-
-class InvalidTaskNameError(ServeError):
-    status_code = 422
-    code = "invalid_task_name"
-
-
 class InvalidInputError(ServeError):
     status_code = 422
     code = "invalid_input"
-
-
-class InvalidAdapterError(ServeError):
-    """The adapter bytes fail validation (format, shapes, values, backbone)."""
-
-    status_code = 422
-    code = "invalid_adapter"
 
 
 class UnservableAdapterError(ServeError):
@@ -62,16 +46,10 @@ class UnservableAdapterError(ServeError):
     code = "unservable_adapter"
 
 
-class AdapterUnavailableError(ServeError):
-    """The stored blob failed verification (hash mismatch, missing): never served."""
-
-    status_code = 503
-    code = "adapter_unavailable"
-
-
 class PayloadTooLargeError(ServeError):
     status_code = 413
     code = "payload_too_large"
+    rejection = "too_large"
 
 
 class UnsupportedMediaTypeError(ServeError):
@@ -84,6 +62,7 @@ class UnauthorizedError(ServeError):
 
     status_code = 401
     code = "unauthorized"
+    rejection = "unauthorized"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "authorization", {"WWW-Authenticate": "Bearer"})
@@ -94,11 +73,13 @@ class ForbiddenError(ServeError):
 
     status_code = 403
     code = "forbidden"
+    rejection = "forbidden"
 
 
 class RateLimitedError(ServeError):
     status_code = 429
     code = "rate_limited"
+    rejection = "rate_limited"
 
 
 class ShuttingDownError(ServeError):
@@ -106,11 +87,13 @@ class ShuttingDownError(ServeError):
 
     status_code = 503
     code = "shutting_down"
+    rejection = "shutting_down"
 
 
 class OverloadedError(ServeError):
     status_code = 503
     code = "overloaded"
+    rejection = "overloaded"
 
 
 class NotReadyError(ServeError):
@@ -129,25 +112,48 @@ def _field_of(loc: tuple) -> str:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "PairInput") or "[" in str(p):  # union-member tags pydantic adds to the location
+        elif p in ("str", "TextInput") or "[" in str(p):  # union-member tags pydantic adds to the location
             continue
         else:
             out += f".{p}" if out else str(p)
     return out or "body"
 
 
-# Error codes that refuse a request before any work, and their `adamix_rejections_total{reason}` label.
-REJECTION_REASONS = {"overloaded": "overloaded", "rate_limited": "rate_limited", "shutting_down": "shutting_down",
-                     "payload_too_large": "too_large", "unauthorized": "unauthorized", "forbidden": "forbidden"}
+# The domain errors of `adamix` -> (HTTP status, error code).
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    InvalidTaskNameError: (422, "invalid_task_name"),
+    TaskNotFoundError: (404, "task_not_found"),
+    VersionNotFoundError: (404, "version_not_found"),
+    CorruptEntryError: (503, "adapter_unavailable"),
+    StorageFullError: (507, "storage_full"),
+    AdapterFileError: (422, "invalid_adapter"),
+}
+DELIBERATE_ERRORS = (ServeError, RegistryError, AdapterFileError)  # answered as themselves; anything else is a 500
+
+
+def as_serve_error(exc: ServeError | RegistryError | AdapterFileError) -> ServeError:
+    """The error as the API answers it: server errors as they are, domain errors through `DOMAIN_ERRORS`."""
+    if isinstance(exc, ServeError):
+        return exc
+    status, code = next(v for t, v in DOMAIN_ERRORS.items() if isinstance(exc, t))
+    error = ServeError(getattr(exc, "message", str(exc)), exc.field)
+    error.status_code, error.code = status, code
+    return error
+
+
+def error_response(exc: ServeError, metrics) -> JSONResponse:
+    """The one rendering of a deliberate error (also an ASGI app, so the middleware answers with it too)."""
+    if exc.rejection is not None:
+        metrics.rejections.labels(exc.rejection).inc()
+    return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        reason = REJECTION_REASONS.get(exc.code)
-        if reason is not None:
-            request.app.state.server.metrics.rejections.labels(reason).inc()
-        return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
+    async def _deliberate(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(as_serve_error(exc), request.app.state.server.metrics)
+
+    for error_type in DELIBERATE_ERRORS:
+        app.add_exception_handler(error_type, _deliberate)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,23 +6,18 @@ Runs around every HTTP request before routing, so it also sees what never reache
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_body
+from server.errors import PayloadTooLargeError, ShuttingDownError, error_response
 from server.state import ServerState
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
 PREDICT_PATH = re.compile(r"^/v1/([^/]*)/predict$")
 UPLOAD_PATH = re.compile(r"^/v1/adapters/[^/]*$")  # PUT streams its own body under max_upload_bytes
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class ServingMiddleware:
@@ -45,16 +40,15 @@ class ServingMiddleware:
 
         try:
             if state.draining:
-                await self._refuse(send_status, 503, "shutting_down", "the server is shutting down; retry on "
-                                   "another replica", {"retry-after": "1", "connection": "close"})
+                await error_response(ShuttingDownError(
+                    "the server is shutting down; retry on another replica", None,
+                    {"Retry-After": "1", "Connection": "close"}), state.metrics)(scope, receive, send_status)
                 return
             if not (scope["method"] == "PUT" and UPLOAD_PATH.match(path)):
                 try:
                     receive = await self._buffered_body(scope, receive, state.settings.max_request_bytes)
-                except _TooLarge:
-                    await self._refuse(send_status, 413, "payload_too_large", "request body exceeds "
-                                       f"{state.settings.max_request_bytes} bytes (setting max_request_bytes)",
-                                       {"connection": "close"})
+                except PayloadTooLargeError as exc:
+                    await error_response(exc, state.metrics)(scope, receive, send_status)
                     return
             state.in_flight += 1
             state.metrics.in_flight.inc()
@@ -68,10 +62,12 @@ class ServingMiddleware:
                 self._count(match.group(1), status[0], time.perf_counter() - start)
 
     async def _buffered_body(self, scope: Scope, receive: Receive, limit: int) -> Receive:
-        """Read the whole body (at most `limit` bytes, else `_TooLarge`) and return a receive that replays it."""
+        """Read the whole body (at most `limit` bytes, else 413) and return a receive that replays it."""
+        too_large = PayloadTooLargeError(f"request body exceeds {limit} bytes (setting max_request_bytes)", None,
+                                         {"Connection": "close"})
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _TooLarge
+            raise too_large
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -80,19 +76,10 @@ class ServingMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise _TooLarge
+                raise too_large
             chunks.append(chunk)
             more = message.get("more_body", False)
         return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive)
-
-    async def _refuse(self, send: Send, status: int, code: str, message: str, headers: dict[str, str]) -> None:
-        reason = "too_large" if status == 413 else code
-        self.state.metrics.rejections.labels(reason).inc()
-        body = json.dumps(error_body(code, message)).encode()
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *((k.encode(), v.encode()) for k, v in headers.items())]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
 
     def _count(self, task: str, status: int, seconds: float) -> None:
         state = self.state

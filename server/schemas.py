@@ -1,11 +1,19 @@
-"""Request and response bodies of the public API (with OpenAPI examples)."""
+"""Request and response bodies of the public API (with OpenAPI examples).
+
+The registry's records (`adamix.manifest.VersionRecord`, `TaskManifest`) are served as they are: the
+adapter listing only adds where each task's active version is resident.
+"""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adamix.manifest import TaskManifest
 
-class PairInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class TextInput(BaseModel):
+    """One input from the API to the engine: a text, and for pair tasks its second segment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     text: str = Field(description="The text (first segment).")
     text_pair: str | None = Field(None, description="Second segment, for pair tasks (e.g. RTE, STS-B).")
@@ -20,7 +28,10 @@ class PredictRequest(BaseModel):
         ]},
     )
 
-    inputs: list[str | PairInput] = Field(description="Texts, or {text, text_pair} objects; one prediction each.")
+    inputs: list[str | TextInput] = Field(description="Texts, or {text, text_pair} objects; one prediction each.")
+
+    def texts(self) -> list[TextInput]:
+        return [TextInput(text=x) if isinstance(x, str) else x for x in self.inputs]
 
 
 class Prediction(BaseModel):
@@ -51,21 +62,8 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class VersionInfo(BaseModel):
-    version: str
-    sha256: str
-    size: int
-    created: float
-    kind: str
-    task_type: str
-    labels: list[str]
-
-
-class TaskInfo(BaseModel):
-    task: str
-    active: str | None
+class TaskInfo(TaskManifest):
     residency: str = Field(description="Where the active version is: device, host or disk.")
-    versions: list[VersionInfo]
 
 
 class AdapterList(BaseModel):

@@ -1,48 +1,51 @@
-"""`adamix serve`: flags override `ADAMIX_*` environment settings; runs uvicorn on `create_app`."""
+"""`adamix serve`: one flag per `Settings` field (generated, so the two never drift); flags override
+`ADAMIX_*` environment settings, which override the defaults. Runs uvicorn on `create_app`."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
 
-# Flags and the Settings field each one sets; a flag left out keeps the env/default value.
-_FLAGS = {"host": "host", "port": "port", "backbone": "backbone", "registry": "registry", "device": "device",
-          "dtype": "dtype", "max_batch_rows": "max_batch_rows", "max_wait_ms": "max_wait_ms",
-          "device_pool_mb": "device_pool_mb", "host_cache_mb": "host_cache_mb", "pinned_tasks": "pinned_tasks",
-          "log_level": "log_level", "api_keys_file": "api_keys_file", "rate_limit_per_s": "rate_limit_per_s",
-          "drain_timeout_s": "drain_timeout_s"}
+from server.settings import Settings
+
+# Shorter spellings kept alongside the generated `--<field>` flags.
+_ALIASES = {"api_keys_file": "--api-keys", "pinned_tasks": "--pin"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve every registered task over HTTP from one backbone",
-                              description="Start the multi-task inference server. Flags override ADAMIX_* "
-                                          "environment variables.")
-    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (default 8000)")
-    p.add_argument("--backbone", type=Path, help="local Hugging Face model directory (default: embedded MiniLM)")
-    p.add_argument("--registry", type=Path, help="adapter registry directory (default ./adamix-registry)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="default auto: float16 on cuda, float32 on cpu")
-    p.add_argument("--max-batch-rows", type=int, help="rows per backbone forward (default 64)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 2)")
-    p.add_argument("--device-pool-mb", type=float, help="memory budget for resident adapters (default 512)")
-    p.add_argument("--host-cache-mb", type=float, help="memory budget for parsed adapters (default 512)")
-    p.add_argument("--pin", dest="pinned_tasks", action="append", metavar="TASK", help="keep TASK resident (repeat)")
-    p.add_argument("--api-keys", dest="api_keys_file", type=Path, metavar="FILE",
-                   help="JSON file of API keys (`adamix keys new`); without it the server only listens on loopback")
-    p.add_argument("--rate-limit-per-s", type=float, help="requests/s per API key, beyond it 429 (default: none)")
-    p.add_argument("--drain-timeout-s", type=float, help="on SIGTERM, how long accepted requests may take to finish "
-                                                         "(default 30)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+                              description="Start the multi-task inference server. Every flag is also an ADAMIX_* "
+                                          "environment variable (the flag wins).")
+    for name, field in Settings.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}", *([_ALIASES[name]] if name in _ALIASES else [])]
+        default = "none" if field.default is None else field.default
+        if field.default_factory is not None:
+            default = field.default_factory()
+        help_ = f"{field.description or ''} (ADAMIX_{name.upper()}; default {default})".replace("%", "%%")
+        p.add_argument(*flags, dest=name, help=help_, **_argument_kind(field.annotation))
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace):
-    from server.settings import Settings
+def _argument_kind(annotation) -> dict:
+    """argparse keywords for a Settings field's type: choices for Literals, repeatable for lists, --no-X for bools."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]  # `X | None`
+        args = list(typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": args}
+    if typing.get_origin(annotation) is list:
+        return {"action": "append", "metavar": "VALUE", "type": args[0]}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": annotation, "metavar": annotation.__name__.upper() if annotation is not Path else "PATH"}
 
-    overrides = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag, None) is not None}
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
     return Settings(**overrides)
 
 

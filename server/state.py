@@ -1,21 +1,24 @@
-"""`ServerState`: the one registry, host cache and engine of a running app, and the predict use case."""
+"""`ServerState`: the one registry, host cache and engine of a running app, its lifecycle and use cases."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 import torch
 
-from adamix import load_backbone
+from adamix import AdapterFileError, load_backbone
+from adamix.manifest import RegistryError, TaskManifest, VersionRecord
+from adamix.registry import AdapterRegistry
 from server.auth import Authenticator, RateLimiter, load_keys
 from server.cache import HostCache
-from server.engine import BatchingEngine, TextInput
-from server.errors import InvalidAdapterError, NotReadyError, ServeError, ShuttingDownError
+from server.engine import Engine
+from server.errors import NotReadyError, ServeError, ShuttingDownError
 from server.metrics import ServerMetrics
-from server.pool import AdapterKey
-from server.registry import AdapterRegistry, TaskManifest, VersionRecord
+from server.schemas import TextInput
+from server.served import AdapterKey, ServedAdapter, check_servable, prepare
 from server.settings import Settings
 
 log = logging.getLogger("adamix.server")
@@ -46,14 +49,14 @@ class ServerState:
         self.metrics = ServerMetrics(settings.metrics_max_tasks)
         self.registry: AdapterRegistry | None = None
         self.cache: HostCache | None = None
-        self.engine: BatchingEngine | None = None
+        self.engine: Engine | None = None
         self.ready = False
         self.status = "loading the backbone"
         self.auth = Authenticator(None if settings.api_keys_file is None else load_keys(settings.api_keys_file))
         self.rate_limiter = (None if settings.rate_limit_per_s is None
                              else RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
         self.draining = False  # SIGTERM seen: refuse new requests, let accepted ones finish
-        self.in_flight = 0  # accepted requests on non-public routes (the middleware counts them)
+        self.in_flight = 0  # accepted requests on non-public routes (the middleware counts them): the one count
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -75,16 +78,15 @@ class ServerState:
         self.status = "reading the registry"
         self.registry = await asyncio.to_thread(AdapterRegistry, s.registry, info, s.verify_registry)
         self.metrics.registry_problems.set(len(self.registry.problems))
-        self.engine = BatchingEngine(model, tokenizer, info, s, self.metrics)
+        self.engine = Engine(model, tokenizer, info, s, self.metrics)
         self.metrics.queue_depth.set_function(self.engine.queue_depth)
         pinned = set(s.pinned_tasks)
-        self.cache = HostCache(self.registry, int(s.host_cache_mb * 2**20), self.metrics,
+        self.cache = HostCache(self.registry, self.engine.limits, int(s.host_cache_mb * 2**20), self.metrics,
                                lambda key: key.task in pinned)
         if self.registry.created:  # only a brand-new registry: deleting every task later must stay deleted
             await asyncio.to_thread(self._install_demo_adapters)
         self.status = "warming up"
         await self.engine.start()
-        await self.engine.run_in_worker(self.engine.warmup)
         await self._warm_tasks(pinned)
         self.ready = True
         self.status = "ready"
@@ -98,20 +100,23 @@ class ServerState:
         """Make the pinned tasks (kept resident) and a few others resident, and run each once."""
         for task in dict.fromkeys([*self.settings.pinned_tasks, *self.registry.tasks()[:4]]):
             try:
-                key, adapter = await self._resolve(task)
-            except ServeError as exc:
-                log.warning("warm-up skipped task %r: %s", task, exc.message)
+                adapter = await self._resolve(task)
+                await self.engine.predict(adapter, [TextInput(text="warm up")])
+            except (ServeError, RegistryError) as exc:
+                log.warning("warm-up skipped task %r: %s", task, exc)
                 continue
-            await self.engine.run_in_worker(self.engine.run_batch,
-                                            self.engine.encode(key, adapter, [TextInput("warm up")]))
             if task in pinned:
-                await self.engine.run_in_worker(self.engine.pin, key, adapter)
+                await self.engine.pin(adapter)
 
     async def stop(self) -> None:
-        """Lifespan shutdown: let queued batches finish (bounded by drain_timeout_s), then stop the engine."""
+        """Lifespan shutdown: drain (bounded by drain_timeout_s), then stop the engine."""
         self.begin_drain()
-        if self.engine is not None:
-            await self.engine.drain(self.settings.drain_timeout_s)
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while not self.drained and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if not self.drained:
+            log.warning("drain timeout (%.1f s): %d request(s) still in flight", self.settings.drain_timeout_s,
+                        self.in_flight)
         self.ready = False
         if self.engine is not None:
             await self.engine.stop()
@@ -134,16 +139,16 @@ class ServerState:
             return
         for path in sorted(directory.glob("*.safetensors")):
             try:
-                record = self.registry.publish(path.stem, path.read_bytes(), self.engine.check_servable)
-            except InvalidAdapterError as exc:
-                log.info("demo adapter %s skipped: %s", path.name, exc.message)
+                record = self.registry.publish(path.stem, path.read_bytes(), self._check_servable)
+            except AdapterFileError as exc:  # e.g. made for another backbone
+                log.info("demo adapter %s skipped: %s", path.name, exc)
                 continue
-            except ServeError as exc:
-                log.warning("demo adapter %s skipped: %s", path.name, exc.message)
+            except (ServeError, RegistryError) as exc:
+                log.warning("demo adapter %s skipped: %s", path.name, exc)
                 continue
             log.info("installed demo adapter %r (version %s)", path.stem, record.version)
 
-    # ------------------------------------------------------------------ use cases
+    # ------------------------------------------------------------------ use cases (the routes check readiness)
 
     def require_ready(self) -> None:
         """Loaded and warmed (still true while draining: accepted requests must finish)."""
@@ -156,37 +161,39 @@ class ServerState:
         if self.draining:
             raise ShuttingDownError("the server is shutting down", None, {"Retry-After": "1"})
 
-    async def _resolve(self, task: str) -> tuple[AdapterKey, object]:
-        key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
-        adapter = await self.cache.get(key)
-        self.engine.check_servable(adapter)
-        return key, adapter
+    def _check_servable(self, adapter) -> None:
+        check_servable(adapter, self.engine.limits)
 
-    async def predict(self, task: str, inputs: list[TextInput]) -> tuple[str, list[dict]]:
-        self.require_ready()
-        key, adapter = await self._resolve(task)
-        return key.version, await self.engine.submit(key, adapter, inputs)
+    async def _resolve(self, task: str) -> ServedAdapter:
+        key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
+        return await self.cache.get(key)
+
+    async def predict(self, task: str, inputs: list[TextInput]) -> tuple[ServedAdapter, list[torch.Tensor]]:
+        """The task's active adapter and each input's logits."""
+        adapter = await self._resolve(task)
+        return adapter, await self.engine.predict(adapter, inputs)
 
     async def upload(self, task: str, path: Path) -> tuple[VersionRecord, bool]:
-        """Validate the uploaded file against the backbone and this engine, store it, activate it.
+        """Validate the uploaded file against the backbone and this server's limits, store it, activate it.
 
         One reference swap in the registry: requests already admitted keep the version they resolved.
+        The parsed adapter goes straight into the host tier, so its first request reads nothing from disk.
         """
-        self.require_ready()
-        return await asyncio.to_thread(self.registry.publish_file, task, path, self.engine.check_servable)
+        published = await asyncio.to_thread(self.registry.publish_file, task, path, self._check_servable)
+        key = AdapterKey(task, published.record.version)
+        self.cache.put(prepare(key, published.adapter, self.engine.limits))
+        return published.record, published.created
 
     async def activate(self, task: str, version: str) -> VersionRecord:
-        self.require_ready()
         return await asyncio.to_thread(self.registry.activate, task, version)
 
     async def delete(self, task: str, version: str | None = None) -> None:
-        self.require_ready()
         await asyncio.to_thread(self.registry.delete, task, version)
 
     def residency(self, manifest: TaskManifest) -> str:
         if manifest.active is None:
             return "disk"
         key = AdapterKey(manifest.task, manifest.active)
-        if key in self.engine.pool.resident:
+        if self.engine.resident(key):
             return "device"
         return "host" if key in self.cache else "disk"

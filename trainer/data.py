@@ -1,6 +1,7 @@
 """Labelled data: the GLUE TSV layouts, generic CSV / JSONL tables, and dynamically padded batches."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from dataclasses import dataclass
@@ -304,3 +305,45 @@ def eval_batches(examples: Sequence[Example], batch_size: int) -> Iterator[tuple
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield idx, [examples[i] for i in idx]
+
+
+# ---------------------------------------------------------------- the data arguments of `adamix train` / `eval`
+
+SUBSET_SEED = 1234  # --train-limit takes the same random subset for every --seed
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data (a GLUE directory, or generic CSV / TSV / JSONL files)")
+    d.add_argument("--glue-task", choices=sorted(GLUE_TASKS), help="read --data as this GLUE task's TSV directory")
+    d.add_argument("--data", type=Path, help="GLUE task directory (train.tsv, dev.tsv)")
+    d.add_argument("--train-file", type=Path, help="generic train file (.csv, .tsv, .jsonl)")
+    d.add_argument("--dev-file", type=Path, help="generic dev file (.csv, .tsv, .jsonl)")
+    d.add_argument("--text-column", default="text")
+    d.add_argument("--text-pair-column", help="second text column for pair tasks")
+    d.add_argument("--label-column", default="label")
+    d.add_argument("--labels", help="comma-separated label names in head order (default: sorted train labels)")
+    d.add_argument("--regression", action="store_true", help="the label is a number (MSE loss, Pearson)")
+    d.add_argument("--metric", choices=("accuracy", "f1", "matthews", "pearson", "spearman"),
+                   help="generic files: the metric that picks the best epoch")
+    d.add_argument("--dev-limit", type=int, help="evaluate on the first N dev rows only")
+    d.add_argument("--backbone", type=Path, help="local Hugging Face model directory (default: embedded MiniLM)")
+
+
+def load_dataset(args: argparse.Namespace, need_train: bool = True) -> Dataset:
+    """The data set the arguments name; `need_train=False` (eval) reads only the dev split."""
+    if args.glue_task:
+        if args.data is None:
+            raise DataError("--glue-task needs --data DIR (the task's directory with train.tsv and dev.tsv)")
+        data = load_glue(args.glue_task, args.data) if need_train else load_glue_dev(args.glue_task, args.data)
+    else:
+        if args.dev_file is None or (need_train and args.train_file is None):
+            raise DataError("give --glue-task with --data DIR, or --train-file and --dev-file")
+        labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+        data = load_files(args.train_file or args.dev_file, args.dev_file, args.text_column, args.label_column,
+                          args.text_pair_column, labels, args.regression, args.metric)
+    if getattr(args, "train_limit", None):
+        keep = epoch_order(len(data.train), SUBSET_SEED, 0)[:args.train_limit].tolist()
+        data.train = [data.train[i] for i in sorted(keep)]
+    if args.dev_limit:
+        data.dev = data.dev[:args.dev_limit]
+    return data

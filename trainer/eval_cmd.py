@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.data import Collator, DataError, Dataset
+from trainer.data import Collator, DataError, Dataset, add_data_arguments, load_dataset
 
 
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
-    from trainer.cli import add_data_arguments
-
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="score an adapter file on a dev set",
                               description="Print the dev metric of an adapter file, or of a --save-experts "
                                           "mixture merged (default) or along single random routes.")
@@ -62,7 +60,6 @@ def _check_labels(data: Dataset, task) -> None:
 def evaluate_file(args: argparse.Namespace) -> dict:
     from adamix import load_backbone, read_adapter_file, task_model_from_adapter
     from adamix.model import backbone_of
-    from trainer.cli import load_dataset
     from trainer.evaluate import evaluate
     from trainer.experts import file_kind, load_experts, single_route
 

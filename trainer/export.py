@@ -18,36 +18,26 @@ def merged_adapter(model: AdaMixTaskModel, info: BackboneInfo, provenance: dict)
 
 
 def publish(registry_dir: Path, info: BackboneInfo, task_name: str, data: bytes) -> dict:
-    """Publish into a server's registry directory (the server's own `AdapterRegistry`, imported lazily)."""
+    """Publish into a server's registry directory through the shared registry layer (`adamix.registry`)."""
+    from adamix.manifest import RegistryError
+    from adamix.registry import AdapterRegistry
+
     try:
-        from server.errors import ServeError
-        from server.registry import AdapterRegistry
-    except ModuleNotFoundError as exc:
-        raise ExportError(f"--registry needs the server package's registry (server.registry): {exc}") from None
-    try:
-        return AdapterRegistry(Path(registry_dir), info).publish(task_name, data).to_dict()
-    except ServeError as exc:
+        return AdapterRegistry(Path(registry_dir), info).publish(task_name, data).model_dump(mode="json")
+    except RegistryError as exc:
         raise ExportError(f"--registry {registry_dir}: publishing task {task_name!r} failed: {exc}") from None
 
 
 def push(url: str, api_key: str | None, task_name: str, data: bytes, timeout: float = 60.0) -> dict:
-    """Upload to a running server: `PUT {url}/v1/adapters/{task}` with the raw file and a bearer key."""
-    import httpx
+    """Upload to a running server (`PUT {url}/v1/adapters/{task}`) with the adapter API's one client."""
+    from adamix.client import AdapterClient, ClientError
 
     if not api_key:
         raise ValueError("--push needs --api-key (an admin key of the server)")
-    endpoint = f"{url.rstrip('/')}/v1/adapters/{task_name}"
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/octet-stream"}
     try:
-        response = httpx.put(endpoint, content=data, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ExportError(f"--push: could not reach {endpoint}: {exc}") from None
-    if response.status_code >= 400:
-        raise ExportError(f"--push: {endpoint} answered {response.status_code}: {response.text[:500]}")
-    try:
-        return response.json()
-    except ValueError:
-        return {"status_code": response.status_code}
+        return AdapterClient(url, api_key, timeout).upload(task_name, data)
+    except ClientError as exc:
+        raise ExportError(f"--push: {exc}") from None
 
 
 def plot_curves(history: list[dict], metric: str, path: Path) -> bool:

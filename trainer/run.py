@@ -8,7 +8,7 @@ from pathlib import Path
 from adamix import TaskSpec, load_backbone
 from adamix.adapter_file import adapter_to_bytes, write_adapter_file
 from adamix.model import backbone_of
-from trainer.data import Dataset
+from trainer.data import Dataset, load_dataset
 from trainer.distributed import DistContext, setup, teardown
 from trainer.experts import save_experts
 from trainer.export import merged_adapter, plot_curves, publish, push
@@ -33,8 +33,6 @@ def _paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
 
 
 def train_from_args(args: argparse.Namespace) -> int:
-    from trainer.cli import load_dataset
-
     log_path, ckpt_dir = _paths(args)
     if (args.registry or args.push or args.save_experts) and args.method == "full":
         raise ValueError("--registry / --push / --save-experts need adapters; --method full has none")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from adamix.manifest import TaskManifest, VersionRecord, check_task_name
 from server.deps import ADMIN, ANY_KEY, TASK, PrincipalDep, ReadyStateDep, access
-from server.errors import ServeError
-from server.registry import TaskManifest, check_task_name
-from server.schemas import AdapterList, ErrorResponse, TaskInfo, UploadResponse, VersionInfo
+from server.errors import DELIBERATE_ERRORS, as_serve_error
+from server.schemas import AdapterList, ErrorResponse, TaskInfo, UploadResponse
 from server.state import ServerState
 from server.uploads import UPLOAD_MEDIA_TYPE, check_upload_headers, stream_to_file
 
@@ -23,23 +23,22 @@ class ActivateRequest(BaseModel):
     version: str = Field(description="A version the task already has (see GET /v1/adapters/{task}).")
 
 
-def task_info(state: ServerState, manifest: TaskManifest) -> dict:
-    return {"task": manifest.task, "active": manifest.active, "residency": state.residency(manifest),
-            "versions": [r.to_dict() for r in manifest.versions]}
+def task_info(state: ServerState, manifest: TaskManifest) -> TaskInfo:
+    return TaskInfo(**dict(manifest), residency=state.residency(manifest))
 
 
 @router.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS,
             summary="Every task (a tenant key sees its own), versions, residency")
 @access(ANY_KEY)
-async def list_adapters(state: ReadyStateDep, principal: PrincipalDep) -> dict:
+async def list_adapters(state: ReadyStateDep, principal: PrincipalDep) -> AdapterList:
     registry = state.registry
-    return {"tasks": [task_info(state, registry.get(t)) for t in registry.tasks() if principal.may_use(t)]}
+    return AdapterList(tasks=[task_info(state, registry.get(t)) for t in registry.tasks() if principal.may_use(t)])
 
 
 @router.get("/v1/adapters/{task}", response_model=TaskInfo, responses=_ERRORS,
             summary="One task's versions and residency")
 @access(TASK)
-async def get_adapter(task: str, state: ReadyStateDep) -> dict:
+async def get_adapter(task: str, state: ReadyStateDep) -> TaskInfo:
     return task_info(state, state.registry.get(task))
 
 
@@ -63,12 +62,13 @@ async def upload_adapter(task: str, request: Request, response: Response, state:
         path = state.registry.upload_path()
         try:
             await stream_to_file(request, path, limit)
-            record, created = await state.upload(task, path)
-        finally:
+        except BaseException:
             path.unlink(missing_ok=True)
+            raise
+        record, created = await state.upload(task, path)  # moves the file into the store, or removes it
         result = "created" if created else "unchanged"
-    except ServeError as exc:
-        result = _UPLOAD_RESULTS.get(exc.code, "failed")
+    except DELIBERATE_ERRORS as exc:
+        result = _UPLOAD_RESULTS.get(as_serve_error(exc).code, "failed")
         raise
     finally:
         state.metrics.uploads.labels(result).inc()
@@ -76,11 +76,11 @@ async def upload_adapter(task: str, request: Request, response: Response, state:
     return {"task": task, "version": record.version, "sha256": record.sha256, "created": created}
 
 
-@router.post("/v1/adapters/{task}/activate", response_model=VersionInfo, responses=_ERRORS,
+@router.post("/v1/adapters/{task}/activate", response_model=VersionRecord, responses=_ERRORS,
              summary="Make an existing version active (rollback)")
 @access(ADMIN)
-async def activate_adapter(task: str, body: ActivateRequest, state: ReadyStateDep) -> dict:
-    return (await state.activate(task, body.version)).to_dict()
+async def activate_adapter(task: str, body: ActivateRequest, state: ReadyStateDep) -> VersionRecord:
+    return await state.activate(task, body.version)
 
 
 @router.delete("/v1/adapters/{task}", status_code=204, responses=_ERRORS, summary="Delete a task, every version")

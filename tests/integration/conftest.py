@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from adamix import AdapterFile, load_backbone, task_model_from_adapter
-from server.registry import AdapterRegistry
-from tests.server.helpers import adapter_bytes, make_adapter, save_tiny_backbone
+from adamix.registry import AdapterRegistry
+from tests.conftest import save_tiny_backbone
+from tests.server.helpers import adapter_bytes, make_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ class ServerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                **(env or {})}
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "adamix.cli", "serve", "--port", str(self.port), *args],
                                      cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> None:

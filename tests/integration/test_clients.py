@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from server.cli import main
+from adamix.cli import main
 from tests.integration.conftest import ADMIN_KEY, TENANT_KEY
 from trainer.export import ExportError, push
 

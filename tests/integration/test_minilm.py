@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from adamix import load_backbone, read_adapter_file, task_model_from_adapter
 from server.app import create_app
-from server.registry import AdapterRegistry
+from adamix.registry import AdapterRegistry
 from server.settings import DEMO_ADAPTERS_DIR, Settings
 from tests.server.helpers import adapter_bytes, make_adapter, wait_ready
 

@@ -1,14 +1,12 @@
-"""Test helpers shared by tests/server and tests/integration: a tiny saved backbone and random adapters."""
+"""Test helpers shared by tests/server and tests/integration: random merged adapters, readiness, agreement."""
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from adamix import (AdaMixConfig, AdaMixTaskModel, AdapterFile, BackboneInfo, TaskSpec, adapter_from_model,
                     adapter_parameters, add_adamix, default_backbone_path, merge_adamix)
@@ -17,36 +15,6 @@ from adamix.adapter_file import adapter_to_bytes
 TEXTS = ["a gripping, funny and humane film", "the plot is thin and the acting worse", "it rains",
          "an utterly forgettable sequel that nobody asked for, padded to two hours", "good", "bad movie!!",
          "the cast seems to be having fun even when the script is not"]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
-
-def save_tiny_backbone(path: Path, seed: int = 0, model_type: str = "bert") -> Path:
-    """A random 2-layer model (d=32, default BERT) with MiniLM's real tokenizer, saved as a Hugging Face directory.
-
-    Every architecture gets vocab_size 30522, so the BERT WordPiece tokenizer's ids fit.
-    """
-    from transformers import DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel, RobertaConfig
-    from transformers import RobertaModel
-
-    torch.manual_seed(seed)
-    v = 30522
-    model = {
-        "bert": lambda: BertModel(BertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                             intermediate_size=37, max_position_embeddings=128)),
-        "roberta": lambda: RobertaModel(RobertaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2,
-                                                      num_attention_heads=2, intermediate_size=37,
-                                                      max_position_embeddings=132, pad_token_id=1)),
-        "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=v, dim=32, n_layers=2, n_heads=2,
-                                                               hidden_dim=37, max_position_embeddings=128)),
-        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                                                   bos_token_id=0, eos_token_id=0)),
-    }[model_type]()
-    model.save_pretrained(path)
-    source = default_backbone_path()
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, path / name)
-    return path
 
 
 def make_adapter(backbone: torch.nn.Module, info: BackboneInfo, *, kind: str = "adapter", r: int = 4,
@@ -90,3 +58,29 @@ def assert_same(a: dict, b: dict, tol: float = 1e-5) -> None:
         assert a["label"] == b["label"]
         for label in a["scores"]:
             assert a["scores"][label] == pytest.approx(b["scores"][label], abs=tol)
+
+
+def serve(adapter: AdapterFile, task: str = "task", version: str = "v1", limits=None):
+    """The adapter as the host cache prepares it (generous limits unless given)."""
+    from server.served import AdapterKey, ServingLimits, prepare
+
+    return prepare(AdapterKey(task, version), adapter, limits or ServingLimits(64, 64, True))
+
+
+def make_engine(backbone_dir: Path, **overrides):
+    """An engine over a freshly loaded backbone, with test settings."""
+    from adamix import load_backbone
+    from server.engine import Engine
+    from server.metrics import ServerMetrics
+    from server.settings import Settings
+
+    model, tokenizer, info = load_backbone(backbone_dir)
+    return Engine(model, tokenizer, info, Settings(backbone=backbone_dir, demo_adapters=None, **overrides),
+                  ServerMetrics())
+
+
+def run_rows(engine, rows) -> list[dict]:
+    """One executor batch of admitted rows -> each row's prediction dict, as the API shapes it."""
+    from server.responses import predictions
+
+    return [predictions(row.adapter.task, [logits])[0] for row, logits in zip(rows, engine.executor.run_batch(rows))]

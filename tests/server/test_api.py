@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.registry import AdapterRegistry
+from adamix.registry import AdapterRegistry
 from server.settings import Settings
 from tests.server.helpers import adapter_bytes, make_adapter, wait_ready
 

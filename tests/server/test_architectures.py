@@ -9,11 +9,9 @@ import torch
 
 from adamix import load_backbone, task_model_from_adapter
 from adamix.model import backbone_of
-from server.engine import BatchingEngine, TextInput
-from server.metrics import ServerMetrics
-from server.pool import AdapterKey
-from server.settings import Settings
-from tests.server.helpers import TEXTS, assert_same, make_adapter, save_tiny_backbone
+from server.schemas import TextInput
+from tests.conftest import save_tiny_backbone
+from tests.server.helpers import TEXTS, assert_same, make_adapter, make_engine, run_rows, serve
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "distilbert", "gpt2"])
@@ -26,14 +24,12 @@ def test_mixed_batch_is_exact_on_each_architecture(tmp_path, model_type):
            "lora": make_adapter(base, info, kind="lora", r=2, targets=("query", "key", "value"), std=0.05,
                                 labels=("a", "b", "c"), seed=2),
            "reg": make_adapter(base, info, kind="lora", r=4, labels=(), std=0.05, pooling=pooling, seed=3)}
-    served_model, _, _ = load_backbone(directory)
-    engine = BatchingEngine(served_model, tokenizer, info, Settings(backbone=directory, demo_adapters=None),
-                            ServerMetrics())
+    engine = make_engine(directory)
     rng = random.Random(0)
     picks = [(rng.choice(sorted(zoo)), rng.choice(TEXTS)) for _ in range(12)]
-    rows = [engine.encode(AdapterKey(n, "v"), zoo[n], [TextInput(t)])[0] for n, t in picks]
-    for (name, text), got in zip(picks, engine.run_batch(rows)):
-        alone = engine.run_batch([engine.encode(AdapterKey(name, "v"), zoo[name], [TextInput(text)])[0]])[0]
+    rows = [engine.admission.encode(serve(zoo[n], n), [TextInput(text=t)])[0] for n, t in picks]
+    for (name, text), got in zip(picks, run_rows(engine, rows)):
+        alone = run_rows(engine, engine.admission.encode(serve(zoo[name], name), [TextInput(text=text)]))[0]
         assert_same(got, alone)
         offline = task_model_from_adapter(copy.deepcopy(base), zoo[name])
         enc = tokenizer(text, truncation=True, max_length=128, return_tensors="pt")

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from server.auth import Authenticator, KeyFileError, RateLimiter, hash_key, load_keys, parse_keys
-from server.cli import main
+from adamix.cli import main
 from server.errors import ForbiddenError, RateLimitedError, UnauthorizedError
 from server.settings import Settings
 

@@ -5,12 +5,14 @@ import asyncio
 
 import pytest
 
+from adamix.manifest import TaskNotFoundError
+from adamix.registry import AdapterRegistry
 from server.cache import HostCache
-from server.errors import TaskNotFoundError
 from server.metrics import ServerMetrics
-from server.pool import AdapterKey
-from server.registry import AdapterRegistry
+from server.served import AdapterKey, ServingLimits
 from tests.server.helpers import adapter_bytes, make_adapter
+
+LIMITS = ServingLimits(max_rank=48, max_labels=64, has_pooler=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def key(registry, task: str) -> AdapterKey:
 
 
 def test_concurrent_first_loads_of_one_task_read_the_disk_once(registry):
-    cache = HostCache(registry, 1 << 30, ServerMetrics())
+    cache = HostCache(registry, LIMITS, 1 << 30, ServerMetrics())
 
     async def main():
         return await asyncio.gather(*(cache.get(key(registry, "t0")) for _ in range(50)))
@@ -37,7 +39,7 @@ def test_concurrent_first_loads_of_one_task_read_the_disk_once(registry):
 
 
 def test_failed_load_is_not_cached_and_reaches_every_waiter(registry):
-    cache = HostCache(registry, 1 << 30, ServerMetrics())
+    cache = HostCache(registry, LIMITS, 1 << 30, ServerMetrics())
 
     async def main():
         return await asyncio.gather(*(cache.get(AdapterKey("missing", "0" * 16)) for _ in range(5)),
@@ -48,8 +50,8 @@ def test_failed_load_is_not_cached_and_reaches_every_waiter(registry):
 
 
 def test_byte_budget_evicts_least_recently_used_but_never_pinned(registry):
-    one = HostCache(registry, 1 << 30, ServerMetrics()).get_sync(key(registry, "t0")).nbytes()
-    cache = HostCache(registry, 3 * one, ServerMetrics(), is_pinned=lambda k: k.task == "t0")
+    one = HostCache(registry, LIMITS, 1 << 30, ServerMetrics()).get_sync(key(registry, "t0")).nbytes
+    cache = HostCache(registry, LIMITS, 3 * one, ServerMetrics(), is_pinned=lambda k: k.task == "t0")
     for task in ["t0", "t1", "t2", "t3", "t4", "t5"]:
         cache.get_sync(key(registry, task))
     assert cache.nbytes <= 3 * one and len(cache) == 3

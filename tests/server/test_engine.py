@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from adamix import load_backbone, task_model_from_adapter
-from server.engine import BatchingEngine, TextInput
-from server.metrics import ServerMetrics
-from server.pool import AdapterKey
-from server.settings import Settings
-from tests.server.helpers import TEXTS, assert_same, make_adapter
+from server.responses import predictions
+from server.schemas import TextInput
+from server.served import check_servable
+from tests.server.helpers import TEXTS, assert_same, make_adapter, make_engine, run_rows, serve
 
 PAIRS = [("the cat sat on the mat", "a cat was sitting"), ("he left early", "he stayed until the end")]
 
@@ -40,17 +39,14 @@ def zoo(tiny_loaded):
     return task_zoo(model, info)
 
 
-def make_engine(backbone_dir, **overrides) -> BatchingEngine:
-    model, tokenizer, info = load_backbone(backbone_dir)
-    settings = Settings(backbone=backbone_dir, demo_adapters=None, **overrides)
-    return BatchingEngine(model, tokenizer, info, settings, ServerMetrics())
+def text_input(text) -> TextInput:
+    return TextInput(text=text[0], text_pair=text[1]) if isinstance(text, tuple) else TextInput(text=text)
 
 
 def rows_for(engine, zoo, picks):
     rows = []
     for name, text in picks:
-        inp = TextInput(*text) if isinstance(text, tuple) else TextInput(text)
-        rows += engine.encode(AdapterKey(name, "v1"), zoo[name], [inp])
+        rows += engine.admission.encode(serve(zoo[name], name), [text_input(text)])
     return rows
 
 
@@ -67,16 +63,16 @@ def random_picks(zoo, n, seed):
 def test_mixed_batch_rows_equal_rows_served_alone(tiny_backbone_dir, zoo, seed):
     engine = make_engine(tiny_backbone_dir)
     picks = random_picks(zoo, 24, seed)
-    mixed = engine.run_batch(rows_for(engine, zoo, picks))
+    mixed = run_rows(engine, rows_for(engine, zoo, picks))
     for pick, got in zip(picks, mixed):
-        assert_same(got, engine.run_batch(rows_for(engine, zoo, [pick]))[0])
+        assert_same(got, run_rows(engine, rows_for(engine, zoo, [pick]))[0])
 
 
 def test_engine_equals_adapter_applied_offline(tiny_backbone_dir, zoo):
     engine = make_engine(tiny_backbone_dir)
     fresh, tokenizer, _ = load_backbone(tiny_backbone_dir)
     picks = random_picks(zoo, 30, seed=7)
-    served = engine.run_batch(rows_for(engine, zoo, picks))
+    served = run_rows(engine, rows_for(engine, zoo, picks))
     for (name, text), got in zip(picks, served):
         adapter = zoo[name]
         offline = task_model_from_adapter(copy.deepcopy(fresh), adapter)
@@ -96,22 +92,22 @@ def test_small_pool_evicts_and_reloads_exactly(tiny_backbone_dir, zoo):
     """A pool of 3 slots cycling 9 tasks: every batch still equals the roomy pool's answer."""
     roomy = make_engine(tiny_backbone_dir)
     tight = make_engine(tiny_backbone_dir, device_pool_mb=0.07, max_adapter_rank=8, max_labels=5)
-    assert 2 <= tight.pool.num_slots < len(zoo)
+    assert 2 <= tight.executor.pool.num_slots < len(zoo)
     for seed in range(8):
         rng = random.Random(seed)
-        names = rng.sample(sorted(zoo), tight.pool.num_slots)
+        names = rng.sample(sorted(zoo), tight.executor.pool.num_slots)
         picks = [(n, rng.choice(PAIRS) if n == "pair" else rng.choice(TEXTS)) for n in names for _ in range(2)]
-        for got, want in zip(tight.run_batch(rows_for(tight, zoo, picks)), roomy.run_batch(rows_for(roomy, zoo, picks))):
+        for got, want in zip(run_rows(tight, rows_for(tight, zoo, picks)), run_rows(roomy, rows_for(roomy, zoo, picks))):
             assert_same(got, want)
-    assert tight.metrics.evictions.labels("device")._value.get() > 0
+    assert tight.executor.metrics.evictions.labels("device")._value.get() > 0
 
 
 def test_truncation_respects_task_max_seq_len(tiny_backbone_dir, zoo):
     engine = make_engine(tiny_backbone_dir)
     long_text = " ".join(["word"] * 500)
-    (row,) = engine.encode(AdapterKey("short", "v1"), zoo["short"], [TextInput(long_text)])
+    (row,) = engine.admission.encode(serve(zoo["short"], "short"), [TextInput(text=long_text)])
     assert len(row.input_ids) == 6
-    (row,) = engine.encode(AdapterKey("adapter_r2", "v1"), zoo["adapter_r2"], [TextInput(long_text)])
+    (row,) = engine.admission.encode(serve(zoo["adapter_r2"], "adapter_r2"), [TextInput(text=long_text)])
     assert len(row.input_ids) == 128  # the tiny backbone's position limit
 
 
@@ -122,17 +118,16 @@ def test_async_submit_batches_concurrent_requests_across_tasks(tiny_backbone_dir
     async def main():
         await engine.start()
         try:
-            return await asyncio.gather(*(
-                engine.submit(AdapterKey(n, "v1"), zoo[n], [TextInput(*t) if isinstance(t, tuple) else TextInput(t)])
-                for n, t in picks))
+            return await asyncio.gather(*(engine.predict(serve(zoo[n], n), [text_input(t)]) for n, t in picks))
         finally:
             await engine.stop()
 
     results = asyncio.run(main())
     reference = make_engine(tiny_backbone_dir)
-    for pick, (got,) in zip(picks, results):
-        assert_same(got, reference.run_batch(rows_for(reference, zoo, [pick]))[0])
-    batches = engine.metrics.batch_size.collect()[0].samples
+    for pick, (logits,) in zip(picks, results):
+        got = predictions(zoo[pick[0]].task, [logits])[0]
+        assert_same(got, run_rows(reference, rows_for(reference, zoo, [pick]))[0])
+    batches = engine.executor.metrics.batch_size.collect()[0].samples
     count = next(s.value for s in batches if s.name.endswith("_count"))
     assert count < len(picks)  # requests shared forwards
 
@@ -142,21 +137,22 @@ def test_unservable_adapters_are_refused_by_name(tiny_backbone_dir, tiny_loaded)
     engine = make_engine(tiny_backbone_dir, max_adapter_rank=4, max_labels=3)
     from server.errors import UnservableAdapterError
     with pytest.raises(UnservableAdapterError, match="rank 8"):
-        engine.check_servable(make_adapter(model, info, r=8))
+        check_servable(make_adapter(model, info, r=8), engine.limits)
     with pytest.raises(UnservableAdapterError, match="4 labels"):
-        engine.check_servable(make_adapter(model, info, labels=("a", "b", "c", "d")))
-    engine.check_servable(make_adapter(model, info, r=4, labels=("a", "b", "c")))
+        check_servable(make_adapter(model, info, labels=("a", "b", "c", "d")), engine.limits)
+    check_servable(make_adapter(model, info, r=4, labels=("a", "b", "c")), engine.limits)
 
 
 def test_pinned_adapter_survives_eviction_pressure(tiny_backbone_dir, zoo):
     engine = make_engine(tiny_backbone_dir, device_pool_mb=0.07, max_adapter_rank=8, max_labels=5)
-    pinned = AdapterKey("adapter_r2", "v1")
-    engine.pin(pinned, zoo["adapter_r2"])
+    pinned = serve(zoo["adapter_r2"], "adapter_r2")
+    engine.executor.pin(pinned)
     others = [n for n in sorted(zoo) if n != "adapter_r2"]
     for name in others * 2:  # far more distinct tasks than free slots
-        engine.run_batch(rows_for(engine, zoo, [(name, "fine" if name != "pair" else PAIRS[0])]))
-    assert pinned in engine.pool.resident
-    assert engine.metrics.evictions.labels("device")._value.get() >= len(others) - engine.pool.num_slots
+        run_rows(engine, rows_for(engine, zoo, [(name, "fine" if name != "pair" else PAIRS[0])]))
+    pool = engine.executor.pool
+    assert pinned.key in pool.resident
+    assert engine.executor.metrics.evictions.labels("device")._value.get() >= len(others) - pool.num_slots
 
 
 def test_queue_full_is_refused_at_once(tiny_backbone_dir, zoo):
@@ -165,13 +161,13 @@ def test_queue_full_is_refused_at_once(tiny_backbone_dir, zoo):
 
     async def main():
         await engine.start()
-        engine._loop_task.cancel()  # no batcher: the queue can only fill
-        key, adapter = AdapterKey("adapter_r2", "v1"), zoo["adapter_r2"]
-        first = asyncio.create_task(engine.submit(key, adapter, [TextInput("one")]))
-        while not engine._queue.full():  # tokenised in a thread, then queued
+        engine.batcher._loop_task.cancel()  # no batching: the queue can only fill
+        adapter = serve(zoo["adapter_r2"], "adapter_r2")
+        first = asyncio.create_task(engine.predict(adapter, [TextInput(text="one")]))
+        while not engine.batcher._queue.full():  # tokenised in a thread, then queued
             await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError) as info:
-            await engine.submit(key, adapter, [TextInput("two")])
+            await engine.predict(adapter, [TextInput(text="two")])
         assert info.value.headers["Retry-After"]
         await engine.stop()
         with pytest.raises(Exception, match="shutting down"):
@@ -181,7 +177,7 @@ def test_queue_full_is_refused_at_once(tiny_backbone_dir, zoo):
 
 
 def test_length_groups_partition_rows_and_never_cost_more_than_one_batch():
-    from server.engine import length_groups
+    from server.executor import length_groups
     rng = random.Random(0)
     for n in (1, 2, 7, 64, 300):
         lengths = [rng.randint(3, 120) for _ in range(n)]
@@ -190,3 +186,15 @@ def test_length_groups_partition_rows_and_never_cost_more_than_one_batch():
         cost = sum(len(g) * max(lengths[i] for i in g) + 64 for g in groups)
         assert cost <= n * max(lengths) + 64
         assert length_groups(lengths, 1 << 20) == [sorted(range(n), key=lengths.__getitem__)]
+
+
+def test_the_batch_plan_never_outlives_its_forward(tiny_backbone_dir, zoo):
+    """Sites see a plan only inside `pool.batch(...)`, even when the forward raises."""
+    engine = make_engine(tiny_backbone_dir)
+    pool = engine.executor.pool
+    run_rows(engine, rows_for(engine, zoo, [("adapter_r2", TEXTS[0]), ("lora_r4", TEXTS[1])]))
+    assert pool.current_plan() is None
+    with pytest.raises(RuntimeError, match="inside"), pool.batch([0, 1]) as plan:
+        assert pool.current_plan() is plan
+        raise RuntimeError("a forward failing inside the scope")
+    assert pool.current_plan() is None

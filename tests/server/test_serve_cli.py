@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.cli import build_parser
+from adamix.cli import build_parser
 from server.serve_cli import settings_from_args
 
 
@@ -44,3 +44,22 @@ def test_unreadable_keys_file_exits_with_a_message(tmp_path, capsys):
     args = build_parser().parse_args(["serve", "--api-keys", str(tmp_path / "keys.json")])
     assert args.func(args) == 2
     assert "sha256" in capsys.readouterr().err
+
+
+def test_every_setting_is_a_serve_flag_with_its_help():
+    from server.settings import Settings
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {a.dest: a for a in serve._actions if a.dest != "help"}
+    assert set(flags) - {"func"} == set(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        assert f"ADAMIX_{name.upper()}" in flags[name].help and (field.description or "")[:20] in flags[name].help
+    args = build_parser().parse_args(["serve", "--no-verify-registry", "--pin", "a", "--pin", "b",
+                                      "--max-text-chars", "50"])
+    s = settings_from_args(args)
+    assert (s.verify_registry, s.pinned_tasks, s.max_text_chars) == (False, ["a", "b"], 50)
+
+
+def test_the_command_finds_its_subcommands_through_entry_points():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert set(choices) == {"train", "eval", "serve", "keys", "adapters"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adamix import load_backbone, read_adapter_file
-from server.cli import main
+from adamix.cli import main
 
 
 def _train(tiny_bert_dir: Path, data: Path, out: Path, *extra: str) -> int:
@@ -121,7 +121,7 @@ def test_push_uploads_the_adapter_bytes(tiny_bert_dir: Path, rte_dir: Path, tmp_
 
 
 def test_registry_publish(tiny_bert_dir: Path, rte_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from server.registry import AdapterRegistry
+    from adamix.registry import AdapterRegistry
 
     out = tmp_path / "rte.safetensors"
     assert _train(tiny_bert_dir, rte_dir, out, "--max-steps", "1", "--registry", str(tmp_path / "reg")) == 0

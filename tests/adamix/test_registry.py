@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from server.errors import (AdapterUnavailableError, InvalidAdapterError, InvalidTaskNameError, TaskNotFoundError,
-                           VersionNotFoundError)
-from server.registry import AdapterRegistry
+from adamix import AdapterFileError
+from adamix.manifest import (CorruptEntryError, InvalidTaskNameError, StorageFullError, TaskNotFoundError,
+                             VersionNotFoundError)
+from adamix.registry import AdapterRegistry
 from tests.server.helpers import adapter_bytes, make_adapter
 
 
@@ -64,7 +65,7 @@ def test_hostile_task_names_never_become_paths(tmp_path, tiny_loaded, blobs, nam
 def test_invalid_adapters_are_refused_and_nothing_is_written(tmp_path, tiny_loaded, blobs):
     reg = AdapterRegistry(tmp_path, tiny_loaded[2])
     for bad in (b"", b"\x80\x04pickle", blobs[0][:-4], blobs[0].replace(b'"F32"', b'"F16"', 1)):
-        with pytest.raises(InvalidAdapterError):
+        with pytest.raises(AdapterFileError):
             reg.publish("task", bad)
     assert reg.tasks() == [] and list((tmp_path / "blobs").iterdir()) == []
 
@@ -72,7 +73,7 @@ def test_invalid_adapters_are_refused_and_nothing_is_written(tmp_path, tiny_load
 def test_other_backbone_is_refused(tmp_path, tiny_loaded, blobs):
     info = tiny_loaded[2]
     other = type(info)(info.name, info.model_type, info.num_layers, info.hidden_size, "0" * 64)
-    with pytest.raises(InvalidAdapterError, match="fingerprint"):
+    with pytest.raises(AdapterFileError, match="fingerprint"):
         AdapterRegistry(tmp_path, other).publish("task", blobs[0])
 
 
@@ -91,12 +92,12 @@ def test_corrupt_blob_and_leftover_temp_file_are_reported_and_never_served(tmp_p
     assert any("corrupt" in p for p in reopened.problems)
     assert any("half-written" in p for p in reopened.problems)
     assert not crashed.exists() and writing.exists()
-    with pytest.raises(AdapterUnavailableError):
+    with pytest.raises(CorruptEntryError):
         reopened.load("bad", bad.version)
     reopened.load("good", good.version)
     # A corruption that happens after start-up is caught on read, too.
     blob.write_bytes(b"garbage")
-    with pytest.raises(AdapterUnavailableError):
+    with pytest.raises(CorruptEntryError):
         reg.load("bad", bad.version)
 
 
@@ -111,8 +112,6 @@ def test_unreadable_manifest_is_ignored_not_fatal(tmp_path, tiny_loaded, blobs):
 
 def test_publish_file_moves_the_upload_in_says_whether_it_was_new_and_check_can_refuse(tmp_path, tiny_loaded,
                                                                                          blobs):
-    from server.errors import UnservableAdapterError
-
     reg = AdapterRegistry(tmp_path, tiny_loaded[2])
 
     def upload(data: bytes, check=None):
@@ -123,13 +122,18 @@ def test_publish_file_moves_the_upload_in_says_whether_it_was_new_and_check_can_
         finally:
             assert not path.exists()  # consumed whatever happened
 
-    record, created = upload(blobs[0])
+    record, adapter, created = upload(blobs[0])
     assert created and (tmp_path / "blobs" / f"{record.sha256}.safetensors").read_bytes() == blobs[0]
-    assert upload(blobs[0]) == (record, False)
+    assert adapter.rank == 2
+    again = upload(blobs[0])
+    assert (again.record, again.created) == (record, False)
+
+    class TooBig(Exception):
+        pass
 
     def refuse(adapter):
-        raise UnservableAdapterError("too big for this server", "config")
-    with pytest.raises(UnservableAdapterError):
+        raise TooBig("too big for this server")
+    with pytest.raises(TooBig):
         upload(blobs[1], refuse)
     assert len(reg.get("task").versions) == 1 and len(list((tmp_path / "blobs").iterdir())) == 1
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -145,3 +149,34 @@ def test_manifest_with_a_malformed_sha256_is_ignored_not_fatal(tmp_path, tiny_lo
     reg = AdapterRegistry(tmp_path, info)
     assert reg.tasks() == ["ok"]
     assert any("bad.json" in p for p in reg.problems)
+
+
+def test_two_registries_on_one_directory_lose_no_version_and_no_used_blob(tmp_path, tiny_loaded, blobs):
+    """Writers in different processes (here two instances, each with its own memory) re-read under the lock."""
+    info = tiny_loaded[2]
+    a, b = AdapterRegistry(tmp_path, info), AdapterRegistry(tmp_path, info)
+    v1 = a.publish("shared", blobs[0])
+    v2 = b.publish("shared", blobs[1])  # b never saw v1 in memory
+    assert [r.version for r in AdapterRegistry(tmp_path, info).get("shared").versions] == [v1.version, v2.version]
+    a.publish("other", blobs[2])
+    b.publish("mine", blobs[2])  # same bytes as `other`, whose manifest b has never read
+    b.delete("mine")
+    assert AdapterRegistry(tmp_path, info).load("other", a.get("other").active)  # its blob is still there
+
+
+def test_a_full_disk_is_a_storage_full_error_and_leaves_nothing_half_written(tmp_path, tiny_loaded, blobs,
+                                                                            monkeypatch):
+    import errno
+
+    import adamix.registry
+
+    reg = AdapterRegistry(tmp_path, tiny_loaded[2])
+    reg.publish("kept", blobs[0])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(adamix.registry, "atomic_write", full)
+    with pytest.raises(StorageFullError, match="storage is full"):
+        reg.publish("new", blobs[1])
+    assert reg.tasks() == ["kept"] and list((tmp_path / "tmp").iterdir()) == []
+    assert not (tmp_path / "tasks" / "new.json").exists()

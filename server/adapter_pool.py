@@ -7,27 +7,26 @@ zero LoRA adds 0, so rows of both kinds and of any rank share one forward pass e
     adapter site: h + up(gelu(down(h)))          with down_w[slot], up_t[slot] gathered per row (bmm)
     LoRA site:    base(x) + (x @ A[slot].T) @ (scaling * B[slot]).T
 A batch whose rows all use one slot takes the plain `F.linear` path; a site that no row uses is skipped.
-Only the engine's worker thread touches the pool's tensors and its batch plan.
+The batch plan reaches the sites only inside `with pool.batch(slots):` (a context variable, reset on exit, so a
+plan can never outlive its forward). Only the executor's worker thread touches the pool's tensors.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamix import AdaMixConfig, AdapterFile
+from adamix import AdaMixConfig
+from adamix.adapter_file import AdapterWeights
 from adamix.layers import layer_features
 from adamix.model import site_names
-
-@dataclass(frozen=True)
-class AdapterKey:
-    """Slots are keyed by (task, version): a hot-swapped task gets a new slot, in-flight rows keep the old."""
-
-    task: str
-    version: str
+from server.served import AdapterKey, ServedAdapter
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class SiteSpec:
 class BatchPlan:
     """What the sites need for one forward: each row's slot and, per site, the batch's max rank there."""
 
-    slots: torch.Tensor | None  # (B,) long, on the pool's device; None when no site is used
+    slots: torch.Tensor  # (B,) long, on the pool's device
     single: int | None  # the slot when every row uses the same one
     ranks: dict[str, int] = field(default_factory=dict)  # site -> max rank over the batch's slots (absent: skip)
     num_outputs: int = 0  # max head rows over the batch's slots
@@ -79,7 +78,7 @@ class AdapterPool:
         self.resident: OrderedDict[AdapterKey, int] = OrderedDict()  # LRU order, most recent last
         self.pinned: set[AdapterKey] = set()
         self._free = list(range(slots - 1, -1, -1))
-        self.plan = BatchPlan(None, None)
+        self._plan: ContextVar[BatchPlan | None] = ContextVar(f"adamix_batch_plan_{id(self)}", default=None)
 
     # ------------------------------------------------------------------ sizing
 
@@ -97,25 +96,26 @@ class AdapterPool:
 
     # ------------------------------------------------------------------ residency
 
-    def acquire(self, adapters: dict[AdapterKey, AdapterFile]
+    def acquire(self, adapters: list[ServedAdapter]
                 ) -> tuple[dict[AdapterKey, int], list[AdapterKey], list[AdapterKey]]:
-        """Slots for every key (loading missing ones, evicting least-recently-used unpinned others).
+        """Slots for every adapter (loading missing ones, evicting least-recently-used unpinned others).
 
-        Returns (slot per key, keys loaded, keys evicted). At most `num_slots` keys per call.
+        Returns (slot per key, keys loaded, keys evicted). At most `num_slots` distinct adapters per call.
         """
-        if len(adapters) > self.num_slots:
-            raise ValueError(f"{len(adapters)} adapters in one batch, the pool has {self.num_slots} slots")
+        wanted = {a.key: a for a in adapters}
+        if len(wanted) > self.num_slots:
+            raise ValueError(f"{len(wanted)} adapters in one batch, the pool has {self.num_slots} slots")
         loaded, evicted = [], []
-        for key in adapters:
+        for key in wanted:
             if key in self.resident:
                 self.resident.move_to_end(key)
-        for key, adapter in adapters.items():
+        for key, adapter in wanted.items():
             if key not in self.resident:
-                slot = self._free.pop() if self._free else self._evict(adapters.keys(), evicted)
+                slot = self._free.pop() if self._free else self._evict(wanted.keys(), evicted)
                 self._write_slot(slot, adapter)
                 self.resident[key] = slot
                 loaded.append(key)
-        return {key: self.resident[key] for key in adapters}, loaded, evicted
+        return {key: self.resident[key] for key in wanted}, loaded, evicted
 
     def _evict(self, keep, evicted: list[AdapterKey]) -> int:
         for key in self.resident:  # least recently used first
@@ -147,38 +147,45 @@ class AdapterPool:
         self.slot_outputs[slot] = 0
 
     @torch.no_grad()
-    def _write_slot(self, slot: int, adapter: AdapterFile) -> None:
+    def _write_slot(self, slot: int, adapter: ServedAdapter) -> None:
         self._clear_slot(slot)
         ranks = {}
-        for key, tensor in adapter.tensors.items():
-            prefix, _, rest = key.partition(".")
-            if prefix == "adapter" and rest.endswith(".down.weight"):
-                name = rest.removesuffix(".down.weight")
+        for name, weights in adapter.sites.items():
+            r = weights[0].shape[0]
+            if isinstance(weights, AdapterWeights):
                 down_w, down_b, up_t, up_b = self._site_weights(name)
-                r = tensor.shape[0]
-                down_w[slot, :r] = tensor  # (r, d)
-                down_b[slot, :r] = adapter.tensors[f"adapter.{name}.down.bias"]
-                up_t[slot, :r] = adapter.tensors[f"adapter.{name}.up.weight"].T  # (r, d)
-                up_b[slot] = adapter.tensors[f"adapter.{name}.up.bias"]
-                ranks[name] = r
-            elif prefix == "lora" and rest.endswith(".A"):
-                name = rest.removesuffix(".A")
+                down_w[slot, :r] = weights.down_weight  # (r, d)
+                down_b[slot, :r] = weights.down_bias
+                up_t[slot, :r] = weights.up_weight.T  # (r, d)
+                up_b[slot] = weights.up_bias
+            else:
                 a, bt = self._site_weights(name)
-                r = tensor.shape[0]
-                a[slot, :r] = tensor  # (k, in)
-                bt[slot, :r] = (adapter.lora_scaling * adapter.tensors[f"lora.{name}.B"]).T  # (k, out)
-                ranks[name] = r
-        n = adapter.task.num_outputs
-        self.head_w[slot, :n] = adapter.tensors["head.weight"]  # (C, d)
-        self.head_b[slot, :n] = adapter.tensors["head.bias"]
+                a[slot, :r] = weights.A  # (k, in)
+                bt[slot, :r] = (adapter.lora_scaling * weights.B).T  # (k, out)
+            ranks[name] = r
+        n = adapter.num_outputs
+        head_w, head_b = adapter.head
+        self.head_w[slot, :n] = head_w  # (C, d)
+        self.head_b[slot, :n] = head_b
         self.slot_ranks[slot] = ranks
         self.slot_outputs[slot] = n
         self.slot_pooling[slot] = adapter.task.pooling
 
     # ------------------------------------------------------------------ per batch
 
-    def make_plan(self, slots: list[int]) -> BatchPlan:
-        """The plan for a forward whose row i uses pool slot `slots[i]`."""
+    @contextlib.contextmanager
+    def batch(self, slots: list[int]) -> Iterator[BatchPlan]:
+        """The scope of one forward whose row i uses pool slot `slots[i]`: the sites see its plan only inside."""
+        token = self._plan.set(self._make_plan(slots))
+        try:
+            yield self._plan.get()
+        finally:
+            self._plan.reset(token)
+
+    def current_plan(self) -> BatchPlan | None:
+        return self._plan.get()
+
+    def _make_plan(self, slots: list[int]) -> BatchPlan:
         unique = set(slots)
         ranks: dict[str, int] = {}
         for s in unique:
@@ -198,9 +205,8 @@ class AdapterPool:
         return torch.baddbmm(self.head_b[:, :c][plan.slots].unsqueeze(1), pooled.unsqueeze(1),
                              w.transpose(1, 2)).squeeze(1)  # (B, c)
 
-    def site_forward(self, spec: SiteSpec, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+    def site_forward(self, spec: SiteSpec, plan: BatchPlan, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """The site's output for this batch: `base_out` (B, T, out) plus each row's adapter or LoRA."""
-        plan = self.plan
         r = plan.ranks[spec.name]  # the batch's largest rank here; other rows' extra columns are zeros
         if spec.kind == "adapter":
             down_w, down_b, up_t, up_b = self._weights[spec.name]
@@ -236,9 +242,10 @@ class PoolSite(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
         pool = self._pool[0]
-        if self.spec.name not in pool.plan.ranks:  # no row of this batch adapts this site
+        plan = pool.current_plan()
+        if plan is None or self.spec.name not in plan.ranks:  # outside a batch, or no row adapts this site
             return out
-        return pool.site_forward(self.spec, x, out)
+        return pool.site_forward(self.spec, plan, x, out)
 
 
 def install_pool_sites(backbone: nn.Module, pool: AdapterPool) -> None:

@@ -1,0 +1,18 @@
+"""Response shaping: a task's logits -> the API's predictions (labels, probabilities, values)."""
+from __future__ import annotations
+
+import torch
+
+from adamix import TaskSpec
+
+
+def predictions(task: TaskSpec, logits: list[torch.Tensor]) -> list[dict]:
+    """One prediction dict per (C,) logits row: softmax over the task's own labels, or the regression value."""
+    if task.type == "regression":
+        return [{"value": float(row[0])} for row in logits]
+    probs = torch.softmax(torch.stack(logits), dim=-1).tolist()  # (n, C)
+    out = []
+    for p in probs:
+        best = max(range(len(p)), key=p.__getitem__)
+        out.append({"label": task.labels[best], "score": p[best], "scores": dict(zip(task.labels, p))})
+    return out
