@@ -24,7 +24,8 @@ from adamix.model import ARCHITECTURES, _fused_mask, site_names
 from adamix.task import TaskSpec
 
 FORMAT_NAME = "adamix-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; read: 1 and 2 (2 adds the task type pair_regression)
+READ_VERSIONS = (1, 2)
 MAX_HEADER_BYTES = 1 << 20
 MAX_METADATA_BYTES = 64 << 10
 MAX_FILE_BYTES = 256 << 20
@@ -242,13 +243,14 @@ def _parse_header(data: bytes) -> dict:
         raise AdapterFileError(f"file is truncated: header needs {8 + n} bytes, file has {len(data)}", "file")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"safetensors header is not valid JSON: {exc}", "header") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, numbers too long, nesting too deep
+        raise AdapterFileError(f"safetensors header is not valid JSON: {_brief(exc)}", "header") from None
     if not isinstance(header, dict):
         raise AdapterFileError("safetensors header must be a JSON object", "header")
     end = max((e.get("data_offsets", [0, 0])[1] for k, e in header.items()
                if k != "__metadata__" and isinstance(e, dict) and isinstance(e.get("data_offsets"), list)
-               and len(e["data_offsets"]) == 2 and isinstance(e["data_offsets"][1], int)), default=0)
+               and len(e["data_offsets"]) == 2 and isinstance(e["data_offsets"][1], int)
+               and 0 <= e["data_offsets"][1] <= len(data)), default=0)
     if 8 + n + end != len(data):
         raise AdapterFileError(f"file is {len(data)} bytes but its header describes {8 + n + end} (truncated or "
                                "padded)", "file")
@@ -260,14 +262,15 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
         raise AdapterFileError(f"metadata is {len(raw)} bytes, at most {MAX_METADATA_BYTES} allowed", "__metadata__")
     try:
         meta = json.loads(raw, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise AdapterFileError(f"metadata 'adamix' is not valid JSON: {exc}", "__metadata__") from None
+    except (ValueError, RecursionError) as exc:
+        raise AdapterFileError(f"metadata 'adamix' is not valid JSON: {_brief(exc)}", "__metadata__") from None
     _require(meta, dict, "metadata")
     if meta.get("format") != FORMAT_NAME:
         raise AdapterFileError(f"metadata.format must be {FORMAT_NAME!r}, got {meta.get('format')!r}", "format")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(f"metadata.format_version {meta.get('format_version')!r} is not supported "
-                               f"(this reader reads version {FORMAT_VERSION})", "format_version")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in READ_VERSIONS:
+        raise AdapterFileError(f"metadata.format_version {ascii(version)[:40]} is not supported (this reader reads "
+                               f"versions {list(READ_VERSIONS)})", "format_version")
     allowed = {"format", "format_version", "kind", "config", "lora_scaling", "backbone", "task", "provenance"}
     if set(meta) != allowed:
         raise AdapterFileError(f"metadata keys must be {sorted(allowed)}, got {sorted(meta)}", "metadata")
@@ -294,12 +297,20 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
     if set(t) != task_fields:
         raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)}, got {sorted(t)}", "task")
     labels = tuple(_require(t["labels"], list, "task.labels"))
+    if version == 1 and t["type"] == "pair_regression":
+        raise AdapterFileError("metadata.task.type 'pair_regression' needs format_version 2", "task.type")
     try:
         task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"])
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")
     return config, info, task, provenance
+
+
+def _brief(exc: Exception) -> str:
+    """An exception's message, short (a parse error may quote megabytes)."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + " ..."
 
 
 def _refuse_constant(name: str):

@@ -9,9 +9,10 @@ from torch import nn
 
 from adamix.backbone import hidden_size_of
 
-TaskType = Literal["classification", "pair_classification", "regression", "generation"]
+TaskType = Literal["classification", "pair_classification", "regression", "pair_regression", "generation"]
 Pooling = Literal["mean", "cls", "pooler", "last"]
-TASK_TYPES = ("classification", "pair_classification", "regression", "generation")
+TASK_TYPES = ("classification", "pair_classification", "regression", "pair_regression", "generation")
+MAX_LABEL_CHARS = 128
 POOLINGS = ("mean", "cls", "pooler", "last")
 
 
@@ -32,8 +33,9 @@ class TaskSpec:
         labels = tuple(self.labels)
         object.__setattr__(self, "labels", labels)
         if self.type in ("classification", "pair_classification"):
-            if len(labels) < 2 or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
-                raise ValueError(f"TaskSpec.labels must be >= 2 distinct non-empty strings for {self.type}, got {labels!r}")
+            if len(labels) < 2 or len(set(labels)) != len(labels) or not all(map(_is_label, labels)):
+                raise ValueError(f"TaskSpec.labels must be >= 2 distinct strings of 1-{MAX_LABEL_CHARS} printable "
+                                 f"characters for {self.type}, got {_shown(labels)}")
         elif labels:
             raise ValueError(f"TaskSpec.labels must be empty for {self.type}, got {labels!r}")
         if not isinstance(self.max_seq_len, int) or isinstance(self.max_seq_len, bool) \
@@ -43,12 +45,31 @@ class TaskSpec:
     @property
     def num_outputs(self) -> int:
         """Head rows: one per label, 1 for regression, 0 (no head) for generation."""
-        return {"regression": 1, "generation": 0}.get(self.type, len(self.labels))
+        return 1 if self.regression else 0 if self.type == "generation" else len(self.labels)
+
+    @property
+    def regression(self) -> bool:
+        return self.type in ("regression", "pair_regression")
+
+    @property
+    def pair(self) -> bool:
+        """Inputs are (text, text_pair) pairs."""
+        return self.type in ("pair_classification", "pair_regression")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+
+def _is_label(x: object) -> bool:
+    """1-MAX_LABEL_CHARS printable characters (no control characters, no lone surrogates)."""
+    return isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS and x.isprintable()
+
+
+def _shown(labels: tuple) -> str:
+    """The labels as an error message may show them: escaped, and at most a few of them."""
+    return ascii(labels[:8])[:300] + (" ..." if len(labels) > 8 else "")
 
 
 def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,

@@ -117,6 +117,13 @@ class AdapterPool:
                 loaded.append(key)
         return {key: self.resident[key] for key in wanted}, loaded, evicted
 
+    def release(self, key: AdapterKey) -> None:
+        """Free `key`'s slot now (a probe's), if it holds one."""
+        slot = self.resident.pop(key, None)
+        if slot is not None:
+            self._clear_slot(slot)
+            self._free.append(slot)
+
     def _evict(self, keep, evicted: list[AdapterKey]) -> int:
         for key in self.resident:  # least recently used first
             if key not in keep and key not in self.pinned:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from adamix import BackboneInfo
+from adamix import AdapterFile, BackboneInfo
 from adamix.model import backbone_of
 from server.admission import Admission
 from server.batcher import Batcher
+from server.errors import UnservableAdapterError
 from server.executor import Executor
 from server.metrics import ServerMetrics
 from server.schemas import TextInput
-from server.served import AdapterKey, ServedAdapter
+from server.served import AdapterKey, ServedAdapter, check_servable, prepare
 from server.settings import Settings
+
+PROBE_TEXTS = ("a short probe", "A longer probe input, with punctuation, numbers (1, 2, 3) and CAPITALS!")
 
 
 class Engine:
@@ -47,6 +50,19 @@ class Engine:
     async def predict(self, adapter: ServedAdapter, inputs: list[TextInput]) -> list[torch.Tensor]:
         self.batcher.check_capacity()
         return await self.batcher.submit(await self.admission.admit(adapter, inputs))
+
+    def check(self, adapter: AdapterFile) -> None:
+        """Refuse an adapter this engine cannot serve or that answers a probe input with non-finite values.
+
+        Blocking: call it from a thread other than the event loop's (the registry's publish runs in one).
+        """
+        check_servable(adapter, self.limits)
+        served = prepare(AdapterKey("probe", "probe"), adapter, self.limits)  # never a real version id
+        inputs = [TextInput(text=t, text_pair=t if adapter.task.pair else None) for t in PROBE_TEXTS]
+        logits = self.executor.call_blocking(self.executor.probe, self.admission.encode(served, inputs))
+        if not all(torch.isfinite(x).all() for x in logits):
+            raise UnservableAdapterError("the adapter's outputs on a probe input are not finite (NaN or inf): its "
+                                         "weights overflow in this server's dtype", "tensors")
 
     async def pin(self, adapter: ServedAdapter) -> None:
         await self.executor.call(self.executor.pin, adapter)

@@ -46,6 +46,13 @@ class UnservableAdapterError(ServeError):
     code = "unservable_adapter"
 
 
+class NonFiniteOutputError(ServeError):
+    """The adapter computed NaN or inf for an input: the row fails rather than get a made-up label."""
+
+    status_code = 422
+    code = "non_finite_output"
+
+
 class PayloadTooLargeError(ServeError):
     status_code = 413
     code = "payload_too_large"

@@ -46,7 +46,7 @@ class Executor:
                                 ref.dtype)
         install_pool_sites(backbone, self.pool)
         self.limits = ServingLimits(settings.max_adapter_rank, settings.max_labels,
-                                    getattr(backbone, "pooler", None) is not None)
+                                    getattr(backbone, "pooler", None) is not None, float(torch.finfo(ref.dtype).max))
         self._forward_cost_tokens = FORWARD_COST_TOKENS.get(self.device.type, FORWARD_COST_TOKENS["default"])
         self._worker: ThreadPoolExecutor | None = None
         log.info("adapter pool: %d slots of <= %.1f MiB (rank <= %d, labels <= %d) on %s/%s", slots,
@@ -67,6 +67,12 @@ class Executor:
         if self._worker is None:
             raise NotReadyError("the engine is not running", None)
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def call_blocking(self, fn, *args):
+        """`call` from a thread that is not the event loop's (waits for the worker thread)."""
+        if self._worker is None:
+            raise NotReadyError("the engine is not running", None)
+        return self._worker.submit(fn, *args).result()
 
     def batch_key_limit(self) -> int:
         """Most distinct adapter versions one batch may hold: the slots not pinned."""
@@ -105,6 +111,13 @@ class Executor:
         ids = torch.full((1, 8), self.pad_token_id, device=self.device)  # (1, T)
         with torch.inference_mode():
             self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+    def probe(self, rows: list[Row]) -> list[torch.Tensor]:
+        """Run `rows` of one not-yet-published adapter, then free its pool slot again."""
+        try:
+            return self.run_batch(rows)
+        finally:
+            self.pool.release(rows[0].adapter.key)
 
     def pin(self, adapter: ServedAdapter) -> None:
         """Make `adapter` resident and never evict it."""

@@ -41,6 +41,8 @@ class ServerMetrics:
         self.rejections = Counter("adamix_rejections_total", "Requests refused before any work, by reason "
                                   "(overloaded, rate_limited, shutting_down, too_large, unauthorized, forbidden).",
                                   ["reason"], registry=r)
+        self.non_finite_outputs = Counter("adamix_non_finite_outputs_total", "Predict rows refused because the "
+                                          "adapter computed a NaN or inf output for them.", registry=r)
         self.queue_depth = Gauge("adamix_queue_depth", "Requests waiting for a batch.", registry=r)
         self.in_flight = Gauge("adamix_requests_in_flight", "Accepted requests (non-public routes) not yet "
                                "answered.", registry=r)

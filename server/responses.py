@@ -8,7 +8,7 @@ from adamix import TaskSpec
 
 def predictions(task: TaskSpec, logits: list[torch.Tensor]) -> list[dict]:
     """One prediction dict per (C,) logits row: softmax over the task's own labels, or the regression value."""
-    if task.type == "regression":
+    if task.regression:
         return [{"value": float(row[0])} for row in logits]
     probs = torch.softmax(torch.stack(logits), dim=-1).tolist()  # (n, C)
     out = []

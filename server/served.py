@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from adamix import AdapterFile, TaskSpec
-from adamix.adapter_file import AdapterWeights, LoRAWeights
+from adamix.adapter_file import AdapterWeights, LoRAWeights, tensor_key
 from server.errors import UnservableAdapterError
 
 
@@ -25,6 +25,7 @@ class ServingLimits:
     max_rank: int
     max_labels: int
     has_pooler: bool
+    max_value: float = float(torch.finfo(torch.float32).max)  # the pool dtype's largest finite value
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +59,19 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
     if task.pooling == "pooler" and not limits.has_pooler:
         raise UnservableAdapterError("task pools with the backbone's pooler, and this backbone has none",
                                      "task.pooling")
+    for name, tensor in _served_values(adapter):
+        largest = float(tensor.abs().max()) if tensor.numel() else 0.0
+        if not largest <= limits.max_value:  # also catches inf from scaling
+            raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
+                                         f"values up to {limits.max_value:.3g} (setting dtype)", name.partition(" ")[0])
+
+
+def _served_values(adapter: AdapterFile):
+    """(name, tensor) of every value the pool stores: each tensor, and LoRA's B as stored (times alpha / r)."""
+    yield from adapter.tensors.items()
+    for site, weights in adapter.sites().items():
+        if isinstance(weights, LoRAWeights):
+            yield f"{tensor_key('lora', site, 'B')} x lora_scaling", weights.B * adapter.lora_scaling
 
 
 def prepare(key: AdapterKey, adapter: AdapterFile, limits: ServingLimits) -> ServedAdapter:

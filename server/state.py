@@ -15,10 +15,10 @@ from adamix.registry import AdapterRegistry
 from server.auth import Authenticator, RateLimiter, load_keys
 from server.cache import HostCache
 from server.engine import Engine
-from server.errors import NotReadyError, ServeError, ShuttingDownError
+from server.errors import NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError
 from server.metrics import ServerMetrics
 from server.schemas import TextInput
-from server.served import AdapterKey, ServedAdapter, check_servable, prepare
+from server.served import AdapterKey, ServedAdapter, prepare
 from server.settings import Settings
 
 log = logging.getLogger("adamix.server")
@@ -83,10 +83,10 @@ class ServerState:
         pinned = set(s.pinned_tasks)
         self.cache = HostCache(self.registry, self.engine.limits, int(s.host_cache_mb * 2**20), self.metrics,
                                lambda key: key.task in pinned)
-        if self.registry.created:  # only a brand-new registry: deleting every task later must stay deleted
-            await asyncio.to_thread(self._install_demo_adapters)
         self.status = "warming up"
         await self.engine.start()
+        if self.registry.created:  # only a brand-new registry: deleting every task later must stay deleted
+            await asyncio.to_thread(self._install_demo_adapters)
         await self._warm_tasks(pinned)
         self.ready = True
         self.status = "ready"
@@ -139,7 +139,7 @@ class ServerState:
             return
         for path in sorted(directory.glob("*.safetensors")):
             try:
-                record = self.registry.publish(path.stem, path.read_bytes(), self._check_servable)
+                record = self.registry.publish(path.stem, path.read_bytes(), self.engine.check)
             except AdapterFileError as exc:  # e.g. made for another backbone
                 log.info("demo adapter %s skipped: %s", path.name, exc)
                 continue
@@ -161,17 +161,20 @@ class ServerState:
         if self.draining:
             raise ShuttingDownError("the server is shutting down", None, {"Retry-After": "1"})
 
-    def _check_servable(self, adapter) -> None:
-        check_servable(adapter, self.engine.limits)
-
     async def _resolve(self, task: str) -> ServedAdapter:
         key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
         return await self.cache.get(key)
 
     async def predict(self, task: str, inputs: list[TextInput]) -> tuple[ServedAdapter, list[torch.Tensor]]:
-        """The task's active adapter and each input's logits."""
+        """The task's active adapter and each input's logits (never a non-finite one)."""
         adapter = await self._resolve(task)
-        return adapter, await self.engine.predict(adapter, inputs)
+        logits = await self.engine.predict(adapter, inputs)
+        for i, row in enumerate(logits):
+            if not torch.isfinite(row).all():
+                self.metrics.non_finite_outputs.inc()
+                raise NonFiniteOutputError(f"task {task!r} (version {adapter.key.version}) computed a non-finite "
+                                           f"output for inputs[{i}]; no prediction is made up for it", f"inputs[{i}]")
+        return adapter, logits
 
     async def upload(self, task: str, path: Path) -> tuple[VersionRecord, bool]:
         """Validate the uploaded file against the backbone and this server's limits, store it, activate it.
@@ -179,7 +182,7 @@ class ServerState:
         One reference swap in the registry: requests already admitted keep the version they resolved.
         The parsed adapter goes straight into the host tier, so its first request reads nothing from disk.
         """
-        published = await asyncio.to_thread(self.registry.publish_file, task, path, self._check_servable)
+        published = await asyncio.to_thread(self.registry.publish_file, task, path, self.engine.check)
         key = AdapterKey(task, published.record.version)
         self.cache.put(prepare(key, published.adapter, self.engine.limits))
         return published.record, published.created

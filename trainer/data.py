@@ -37,9 +37,8 @@ class GlueLayout:
 
     @property
     def task_type(self) -> str:
-        if not self.labels:
-            return "regression"
-        return "pair_classification" if self.text_pair is not None else "classification"
+        pair = "pair_" if self.text_pair is not None else ""
+        return pair + ("classification" if self.labels else "regression")
 
 
 _NLI = {"entailment": "entailment", "not_entailment": "not_entailment"}
@@ -63,7 +62,11 @@ class Dataset:
     """A task's train and dev examples with everything needed to build its head and score it."""
 
     name: str  # provenance, e.g. "glue/rte" or the train file's name
-    task_type: str  # classification | pair_classification | regression
+    task_type: str  # classification | pair_classification | regression | pair_regression
+
+    @property
+    def regression(self) -> bool:
+        return self.task_type in ("regression", "pair_regression")
     labels: tuple[str, ...]  # human label names, index = class id; () for regression
     metric: str
     metrics: tuple[str, ...]
@@ -151,7 +154,7 @@ def _as_text(value: object) -> str:
 
 def label_index(labels: Sequence[str], task_type: str, raw: str, where: str) -> int | float:
     """Map a raw label to a class index (or a float score for regression), with an actionable error."""
-    if task_type == "regression":
+    if task_type in ("regression", "pair_regression"):
         try:
             value = float(raw)
         except ValueError:
@@ -233,7 +236,7 @@ def load_files(train_file: str | Path, dev_file: str | Path, text_column: str, l
     train_rows = read_table(train_file, columns)
     dev_rows = read_table(dev_file, columns)
     if regression:
-        task_type, names = "regression", ()
+        task_type, names = "pair_regression" if text_pair_column else "regression", ()
     else:
         task_type = "pair_classification" if text_pair_column else "classification"
         names = tuple(labels) if labels else tuple(sorted({r[2].strip() for r in train_rows}))

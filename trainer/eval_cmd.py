@@ -50,7 +50,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _check_labels(data: Dataset, task) -> None:
-    if data.task_type == "regression" and task.type == "regression":
+    if data.regression and task.regression:
         return
     if tuple(data.labels) != tuple(task.labels):
         raise DataError(f"the adapter's labels {list(task.labels)} differ from the data's {list(data.labels)}; "
@@ -80,7 +80,7 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     data = load_dataset(args, need_train=False)
     _check_labels(data, task)
     model.to(device).eval()
-    collate = Collator(tokenizer, task.max_seq_len, task.type == "regression")
+    collate = Collator(tokenizer, task.max_seq_len, task.regression)
     scores = evaluate(model, data.dev, collate, data.metrics, args.batch_size, device)
     result = {"adapter": str(args.adapter), "dataset": data.name, "metric": data.metric,
               "score": scores[data.metric], "metrics": {k: scores[k] for k in data.metrics},

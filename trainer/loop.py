@@ -98,7 +98,7 @@ def train(model: nn.Module, data: Dataset, tokenizer, cfg: TrainConfig, ctx: Dis
     if not data.train:
         raise ValueError("no training examples")
     model.to(ctx.device).train()
-    regression = data.task_type == "regression"
+    regression = data.regression
     collate = Collator(tokenizer, cfg.max_seq_len, regression)
     steps_per_epoch = len(_batches(data, cfg, 0, ctx))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch

@@ -194,7 +194,8 @@ BAD_CONTAINER = [
 
 BAD_METADATA = [
     ("format-name", "format", "safetensors-lora", "format", "must be 'adamix-adapter'"),
-    ("format-version-2", "format_version", 2, "format_version", "2 is not supported"),
+    ("format-version-3", "format_version", 3, "format_version", "3 is not supported"),
+    ("format-version-huge", "format_version", 10 ** 40, "format_version", "not supported"),
     ("format-version-string", "format_version", "1", "format_version", "not supported"),
     ("extra-metadata-key", "signature", "abc", "metadata", "metadata keys must be"),
     ("missing-task", "task", DELETE, "metadata", "metadata keys must be"),
@@ -209,7 +210,10 @@ BAD_METADATA = [
     ("backbone-hidden-zero", "backbone.hidden_size", 0, "backbone", "out of range"),
     ("labels-duplicate", "task.labels", ["pos", "pos"], "task", "distinct"),
     ("labels-one", "task.labels", ["only"], "task", ">= 2"),
-    ("labels-not-strings", "task.labels", [0, 1], "task", "non-empty strings"),
+    ("labels-not-strings", "task.labels", [0, 1], "task", "printable"),
+    ("labels-lone-surrogate", "task.labels", ["ok", "\ud800"], "task", "printable"),
+    ("labels-control-characters", "task.labels", ["ok", "a\x1bb"], "task", "printable"),
+    ("labels-too-long", "task.labels", ["ok", "x" * 129], "task", "1-128"),
     ("labels-not-a-list", "task.labels", "negative,positive", "task.labels", "must be a list"),
     ("labels-disagree-with-head", "task.labels", ["a", "b", "c"], "head.weight", r"shape \[3, 32\]"),
     ("task-type", "task.type", "ranking", "task", "TaskSpec.type"),
@@ -254,6 +258,21 @@ def test_bad_containers_are_refused(good, name, make, field, match):
 @pytest.mark.parametrize("name, path, value, field, match", BAD_METADATA, ids=[c[0] for c in BAD_METADATA])
 def test_bad_metadata_is_refused(good, name, path, value, field, match):
     _assert_refused(_with_meta(good, path, value), field, match)
+
+
+def test_version_1_files_are_still_read_but_cannot_hold_version_2_task_types(good):
+    assert read_adapter_bytes(_with_meta(good, "format_version", 1)).task == good.task
+    v1_pair = _with_meta(AdapterFile(good.config, good.backbone, TaskSpec("pair_regression"),
+                                     {**good.tensors, "head.weight": good.tensors["head.weight"][:1],
+                                      "head.bias": good.tensors["head.bias"][:1]}), "format_version", 1)
+    _assert_refused(v1_pair, "task.type", "needs format_version 2")
+
+
+@pytest.mark.parametrize("header", [b"[" * 200_000 + b"]" * 200_000, b'{"a": ' + b"9" * 5000 + b"}"],
+                         ids=["nested-200000-deep", "integer-5000-digits"])
+def test_hostile_headers_are_refused_not_crashed_on(header):
+    data = struct.pack("<Q", len(header)) + header
+    _assert_refused(data, "header", "not valid JSON")
 
 
 def test_lora_scaling_must_match_the_config():

@@ -51,7 +51,7 @@ def test_shipped_demo_adapters_install_and_serve_like_offline(tmp_path):
                 assert path.stem not in installed
                 continue
             assert path.stem in installed
-            pair = adapter.task.type == "pair_classification" or path.stem in ("stsb", "rte", "mrpc", "qnli")
+            pair = adapter.task.pair
             inputs = [{"text": t, "text_pair": "a film was shown"} if pair else t for t in TEXTS]
             r = client.post(f"/v1/{path.stem}/predict", json={"inputs": inputs})
             assert r.status_code == 200, r.text
@@ -61,7 +61,7 @@ def test_shipped_demo_adapters_install_and_serve_like_offline(tmp_path):
                 enc = tokenizer(*args, truncation=True, max_length=adapter.task.max_seq_len, return_tensors="pt")
                 with torch.no_grad():
                     logits = offline(**enc)[0]
-                if adapter.task.type == "regression":
+                if adapter.task.regression:
                     assert got["value"] == pytest.approx(float(logits[0]), abs=1e-4)
                 else:
                     probs = torch.softmax(logits, -1).tolist()

@@ -29,7 +29,7 @@ def test_glue_layouts_read_with_human_labels() -> None:
     assert len(cola.dev) == 1043 and cola.labels == ("unacceptable", "acceptable") and cola.metric == "matthews"
     assert cola.dev[0] == Example("The sailors rode the breeze clear of the rocks.", None, 1)
     stsb = load_glue("stsb", _glue("STS-B"))
-    assert stsb.task_type == "regression" and stsb.dev[0].label == pytest.approx(5.0)
+    assert stsb.task_type == "pair_regression" and stsb.dev[0].label == pytest.approx(5.0)
     assert stsb.metrics == ("pearson", "spearman") and stsb.dev[0].text_pair == "A man wearing a hard hat is dancing."
     sst2 = load_glue("sst2", _glue("SST-2"))
     assert len(sst2.dev) == 872 and sst2.labels == ("negative", "positive")
@@ -76,7 +76,7 @@ def test_generic_csv_and_jsonl(tmp_path: Path) -> None:
     assert [e.label for e in data.dev] == [0, 1] and data.metric == "accuracy"
     reg = load_files(_write(tmp_path / "r.csv", "a,b,y\nx,y,0.5\n"), tmp_path / "r.csv", "a", "y",
                      text_pair_column="b", regression=True)
-    assert reg.task_type == "regression" and reg.train[0] == Example("x", "y", 0.5)
+    assert reg.task_type == "pair_regression" and reg.train[0] == Example("x", "y", 0.5)
 
 
 @pytest.mark.parametrize("content, kwargs, message", [

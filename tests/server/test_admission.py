@@ -1,0 +1,73 @@
+"""Admission: tokenisation cost is bounded by the task's max length, and the result equals full tokenisation."""
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from transformers import AutoTokenizer
+
+from adamix import default_backbone_path
+from server.schemas import TextInput
+from tests.conftest import SHARED_DATA
+from tests.server.helpers import make_adapter, make_engine, serve
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_backbone_dir):
+    return make_engine(tiny_backbone_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_backbone_path(), local_files_only=True)
+
+
+def _real_texts() -> list[tuple[str, str]]:
+    """Sentence pairs from the GLUE dev sets (RTE, STS-B, QNLI), or synthetic ones without the shared data."""
+    pairs = []
+    for task, cols in (("RTE", (1, 2)), ("STS-B", (7, 8)), ("QNLI", (1, 2))):
+        path = SHARED_DATA / "glue" / task / "dev.tsv"
+        if path.is_file():
+            for line in path.read_text().splitlines()[1:400]:
+                parts = line.split("\t")
+                if len(parts) > max(cols):
+                    pairs.append((parts[cols[0]], parts[cols[1]]))
+    return pairs
+
+
+# Longer than every first cut (max_len * 8 characters), yet small enough that the reference (full
+# tokenisation with the tokenizer's own truncation, quadratic in the pair's length) stays affordable.
+HOSTILE = ["😀 " * 1200, "word " * 1000, "x" * 5000, "a," * 1500, "\u200b" * 3000 + " tail words here",
+           " " * 100 + "lead " * 300, "東京都" * 800, "Ünïcödé ñaïve café " * 150, "tab\tnew\nline " * 250,
+           "ab" * 50 + " " + "cd" * 2000]
+
+
+@pytest.mark.parametrize("max_len", [8, 32, 128])
+def test_bounded_tokenisation_equals_full_tokenisation(engine, tokenizer, tiny_loaded, max_len):
+    model, _, info = tiny_loaded
+    pair_task = serve(make_adapter(model, info, task_type="pair_classification", max_seq_len=max_len), "p")
+    single_task = serve(make_adapter(model, info, max_seq_len=max_len), "s")
+    pairs = _real_texts() + [(a, b) for a in HOSTILE for b in ("short", HOSTILE[1])]
+    rng = random.Random(max_len)
+    pairs += [(" ".join(a for a, _ in rng.sample(pairs, 20)), " ".join(b for _, b in rng.sample(pairs, 20)))
+              for _ in range(20)]  # long texts of real sentences
+    rows = engine.admission.encode(pair_task, [TextInput(text=a, text_pair=b) for a, b in pairs])
+    full = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_len)
+    for i, row in enumerate(rows):
+        assert row.input_ids == full["input_ids"][i], pairs[i][0][:60]
+        assert row.token_type_ids == full["token_type_ids"][i]
+    singles = [a for a, _ in pairs] + HOSTILE
+    rows = engine.admission.encode(single_task, [TextInput(text=t) for t in singles])
+    full = tokenizer(singles, truncation=True, max_length=max_len)
+    assert [r.input_ids for r in rows] == full["input_ids"]
+
+
+def test_tokenisation_time_does_not_follow_text_length(engine, tiny_loaded):
+    model, _, info = tiny_loaded
+    task = serve(make_adapter(model, info, task_type="pair_classification", max_seq_len=128), "p")
+    big = [TextInput(text="😀 " * 5000, text_pair="😀 " * 5000)] * 12  # 600 KB of JSON: the reported attack
+    start = time.perf_counter()
+    rows = engine.admission.encode(task, big)
+    assert all(len(r.input_ids) == 128 for r in rows)
+    assert time.perf_counter() - start < 5.0  # took 25.8 s and 11 GB before the cut (a generous bound)
