@@ -214,7 +214,7 @@ async def main(args: argparse.Namespace) -> None:
 
         async def in_process(i: int, task: str, inputs: list) -> None:
             text = [TextInput(text=x) if isinstance(x, str) else TextInput(**x) for x in inputs]
-            adapter, logits = await state.predict(task, text)
+            adapter, logits = await state.predict(task, text, f"client{i}")
             predictions(adapter.task, logits)  # shaped as the route does
 
         rows = {"in-process": [], "http": []}

@@ -247,7 +247,7 @@ class Bench:
 
             async def client(task: int, texts: list[str]):
                 for text in texts:
-                    logits = await self.engine.predict(adapters[task], [TextInput(text=text)])
+                    logits = await self.engine.predict(adapters[task], [TextInput(text=text)], f"client{task}")
                     predictions(adapters[task].task, logits)
 
             await client(0, [requests[0][1]])  # warm-up

@@ -1,36 +1,47 @@
-"""The batcher (event loop): a bounded queue of admitted requests, collected into batches for the executor.
+"""The batcher (event loop): admitted requests queued per tenant, collected fairly into batches for the executor.
 
-A batch forms by max rows or max wait, mixing tasks freely, with at most as many adapter versions as the
-pool has free slots; a request that does not fit is carried over to open the next batch. A full queue
-answers 503 at once. Requests whose clients went away before their batch ran are dropped.
+Each tenant (API key) has its own queue; a batch is filled by deficit round-robin over the tenants with
+queued work, in tokens (a request's cost is its rows' tokens after truncation): every turn a tenant's
+deficit grows by `QUANTUM_TOKENS` and it may take requests up to it. A tenant that had nothing queued goes
+to the front of the order. So one tenant's backlog delays another tenant's request by about one batch
+(the one already running), whatever its size. A batch forms by max rows or max wait, mixes
+tasks freely, and holds at most as many adapter versions as the pool has free slots; what does not fit
+stays at the head of its queue for the next batch. Bounds, checked before any work is queued: the whole
+queue (requests and tokens: 503) and each tenant's queued tokens (429, that tenant alone). Requests whose
+clients went away are dropped before their forward.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import torch
 
 from server.admission import Row
-from server.errors import NotReadyError, OverloadedError
+from server.errors import NotReadyError, OverloadedError, TenantOverloadedError
 from server.metrics import ServerMetrics
 from server.settings import Settings
 
 log = logging.getLogger("adamix.engine")
+QUANTUM_TOKENS = 512  # a tenant's deficit grows by this much per round-robin turn
 
 
 @dataclass
 class _Pending:
     rows: list[Row]
+    tenant: str
+    cost: int  # tokens
     future: asyncio.Future
     enqueued: float
 
 
 class Batcher:
-    """`await submit(rows)` -> each row's logits, once a batch holding it has run through `run`."""
+    """`await submit(rows, tenant)` -> each row's logits, once a batch holding them has run through `run`."""
 
     def __init__(self, run: Callable[[list[Row]], Awaitable[list[torch.Tensor]]], key_limit: Callable[[], int],
                  settings: Settings, metrics: ServerMetrics) -> None:
@@ -38,13 +49,15 @@ class Batcher:
         self._key_limit = key_limit  # most distinct adapter versions in one batch
         self.settings = settings
         self.metrics = metrics
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._carry: _Pending | None = None  # taken from the queue, waiting for the next batch
+        self._queues: dict[str, deque[_Pending]] = {}  # tenant -> its queued requests, oldest first
+        self._turns: deque[str] = deque()  # tenants with queued work, in round-robin order
+        self._deficit: dict[str, int] = {}
+        self._queued = self._queued_tokens = 0
+        self._tenant_tokens: dict[str, int] = {}
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._queue = asyncio.Queue(self.settings.max_queue_requests)
         self._arrived = asyncio.Event()
         self._loop_task = asyncio.create_task(self._batch_loop(), name="adamix-batcher")
 
@@ -56,38 +69,63 @@ class Batcher:
                 await self._loop_task
             except asyncio.CancelledError:
                 pass
-        left = [self._carry] if self._carry is not None else []
-        while self._queue is not None and not self._queue.empty():
-            left.append(self._queue.get_nowait())
+        left = [p for q in self._queues.values() for p in q]
+        for p in left:
+            self._dequeued(p)
         _fail(left, NotReadyError("the server is shutting down", None))
-        self._queue, self._carry, self._loop_task = None, None, None
+        self._queues.clear()
+        self._turns.clear()
+        self._loop_task = None
 
     def queue_depth(self) -> int:
-        """Requests admitted and waiting for a batch (the carried-over one included)."""
-        queued = self._queue.qsize() if self._queue is not None else 0
-        return queued + (self._carry is not None)
+        """Requests admitted and waiting for a batch."""
+        return self._queued
 
-    def check_capacity(self) -> None:
-        """503 at once when the queue is full (before admission spends any work on the request)."""
-        if self._queue is None:
+    def check_capacity(self, tenant: str, cost: int = 0) -> None:
+        """Refuse at once (before admission spends work, and again with the cost known) when a bound is reached."""
+        s = self.settings
+        if self._loop_task is None:
             raise NotReadyError("the engine is not running", None)
-        if self._queue.full():
-            raise OverloadedError(f"the request queue is full ({self.settings.max_queue_requests} requests); "
-                                  "retry", None, {"Retry-After": "1"})
+        if self._queued >= s.max_queue_requests or self._queued_tokens + cost > s.max_queue_tokens:
+            raise OverloadedError(f"the request queue is full ({self._queued} requests, {self._queued_tokens} "
+                                  f"tokens queued); retry", None, {"Retry-After": "1"})
+        queued = self._tenant_tokens.get(tenant, 0)
+        if queued and queued + cost > s.max_tenant_queue_tokens:
+            wait = max(1, math.ceil(queued / max(1, s.max_batch_rows * 64)))  # about a batch per 64 tokens a row
+            raise TenantOverloadedError(f"API key {tenant!r} already has {queued} tokens queued (at most "
+                                        f"{s.max_tenant_queue_tokens}, setting max_tenant_queue_tokens); retry "
+                                        "when some have been answered", None, {"Retry-After": str(wait)})
 
-    async def submit(self, rows: list[Row]) -> list[torch.Tensor]:
-        self.check_capacity()  # again: the queue may have filled while the request was tokenised
-        pending = _Pending(rows, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._queue.put_nowait(pending)
+    async def submit(self, rows: list[Row], tenant: str) -> list[torch.Tensor]:
+        cost = sum(len(r.input_ids) for r in rows)
+        self.check_capacity(tenant, cost)
+        pending = _Pending(rows, tenant, cost, asyncio.get_running_loop().create_future(), time.perf_counter())
+        if not self._queues.get(tenant):
+            self._queues[tenant] = deque()
+            if tenant not in self._turns:
+                self._turns.appendleft(tenant)  # a tenant with nothing queued goes first (sparse flows first)
+        self._queues[tenant].append(pending)
+        self._queued += 1
+        self._queued_tokens += cost
+        self._tenant_tokens[tenant] = self._tenant_tokens.get(tenant, 0) + cost
         self._arrived.set()
         return await pending.future
+
+    def _dequeued(self, p: _Pending) -> None:
+        self._queued -= 1
+        self._queued_tokens -= p.cost
+        left = self._tenant_tokens[p.tenant] - p.cost
+        if left:
+            self._tenant_tokens[p.tenant] = left
+        else:
+            del self._tenant_tokens[p.tenant]
 
     async def _batch_loop(self) -> None:
         while True:
             batch: list[_Pending] = []
             try:
                 await self._collect(batch)
-                batch = [p for p in batch if not p.future.done()]  # drop requests whose clients went away
+                batch = [p for p in batch if not p.future.done()]  # clients that went away meanwhile
                 if batch:
                     await self._run(batch)
             except asyncio.CancelledError:
@@ -95,32 +133,67 @@ class Batcher:
                 raise
 
     async def _collect(self, batch: list[_Pending]) -> None:
-        """Fill `batch` for one forward: up to max_batch_rows rows, as many versions as the pool has free slots."""
+        """Fill `batch` for one forward, fairly across tenants, within max rows and the pool's free slots."""
         loop = asyncio.get_running_loop()
-        first = self._carry if self._carry is not None else await self._queue.get()
-        self._carry = None
-        batch.append(first)
-        rows, keys = len(first.rows), {r.adapter.key for r in first.rows}
+        while not self._take_round(batch):  # nothing queued yet: wait for the first request
+            self._arrived.clear()
+            await self._arrived.wait()
         deadline = loop.time() + self.settings.max_wait_ms / 1000
-        max_keys = self._key_limit()
-        while rows < self.settings.max_batch_rows:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+        while self._rows(batch) < self.settings.max_batch_rows:
+            if self._take_round(batch):
                 continue
-            item = self._queue.get_nowait()
-            merged = keys | {r.adapter.key for r in item.rows}
-            if rows + len(item.rows) > self.settings.max_batch_rows or len(merged) > max_keys:
-                self._carry = item
+            if any(self._queues[t] for t in self._turns):
+                break  # work is queued but does not fit this batch: it opens the next one
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 break
-            batch.append(item)
-            rows, keys = rows + len(item.rows), merged
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take_round(self, batch: list[_Pending]) -> bool:
+        """One deficit round-robin turn per tenant with queued work; True when anything joined `batch`.
+
+        A tenant whose head does not fit this batch keeps its place at the front for the next one; a tenant
+        that took its turn goes to the back.
+        """
+        took = False
+        max_rows, max_keys = self.settings.max_batch_rows, self._key_limit()
+        keys = {r.adapter.key for p in batch for r in p.rows}
+        waiting, served = [], []
+        for tenant in self._turns:
+            queue = self._queues[tenant]
+            while queue and queue[0].future.done():  # its client went away: drop it before any forward
+                self._dequeued(queue.popleft())
+            if not queue:
+                self._deficit.pop(tenant, None)
+                continue
+            head = queue[0]
+            merged = keys | {r.adapter.key for r in head.rows}
+            if batch and (self._rows(batch) + len(head.rows) > max_rows or len(merged) > max_keys):
+                waiting.append(tenant)
+                continue
+            deficit = self._deficit.get(tenant, 0) + QUANTUM_TOKENS
+            if batch and head.cost > deficit:  # saves up for a later turn (an empty batch always takes a head)
+                self._deficit[tenant] = deficit
+                served.append(tenant)
+                continue
+            batch.append(queue.popleft())
+            self._dequeued(head)
+            keys, took = merged, True
+            self._deficit[tenant] = max(0, deficit - head.cost)
+            if queue:
+                served.append(tenant)
+            else:
+                self._deficit.pop(tenant)
+        self._turns = deque(waiting + served)
+        return took
+
+    @staticmethod
+    def _rows(batch: list[_Pending]) -> int:
+        return sum(len(p.rows) for p in batch)
 
     async def _run(self, batch: list[_Pending]) -> None:
         now = time.perf_counter()

@@ -47,9 +47,10 @@ class Engine:
         self.admission.stop()
         self.executor.stop()
 
-    async def predict(self, adapter: ServedAdapter, inputs: list[TextInput]) -> list[torch.Tensor]:
-        self.batcher.check_capacity()
-        return await self.batcher.submit(await self.admission.admit(adapter, inputs))
+    async def predict(self, adapter: ServedAdapter, inputs: list[TextInput], tenant: str) -> list[torch.Tensor]:
+        """Each input's logits; `tenant` (the API key's name) is whose fair share of the batches it uses."""
+        self.batcher.check_capacity(tenant)
+        return await self.batcher.submit(await self.admission.admit(adapter, inputs), tenant)
 
     def check(self, adapter: AdapterFile) -> None:
         """Refuse an adapter this engine cannot serve or that answers a probe input with non-finite values.

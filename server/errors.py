@@ -89,6 +89,14 @@ class RateLimitedError(ServeError):
     rejection = "rate_limited"
 
 
+class TenantOverloadedError(ServeError):
+    """This API key's queued work is at its bound; other tenants are still served."""
+
+    status_code = 429
+    code = "tenant_overloaded"
+    rejection = "tenant_overloaded"
+
+
 class ShuttingDownError(ServeError):
     """The server is draining after SIGTERM: accepted requests finish, new ones go elsewhere."""
 

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(64, ge=1, le=4096, description="Most input rows one backbone forward takes.")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits for more requests.")
     max_queue_requests: int = Field(1024, ge=1, description="Queued requests beyond which requests get 503.")
+    max_queue_tokens: int = Field(262_144, ge=1, description="Queued tokens (after truncation, all tenants) beyond "
+                                                            "which requests get 503.")
+    max_tenant_queue_tokens: int = Field(32_768, ge=1, description="Queued tokens one API key may have; beyond it "
+                                                                  "that key gets 429 with Retry-After.")
     max_inputs_per_request: int | None = Field(None, ge=1, description="Most inputs in one predict request; "
                                                                       "default max_batch_rows.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest text (characters) one input may carry.")

@@ -101,7 +101,8 @@ class ServerState:
         for task in dict.fromkeys([*self.settings.pinned_tasks, *self.registry.tasks()[:4]]):
             try:
                 adapter = await self._resolve(task)
-                await self.engine.predict(adapter, [TextInput(text="warm up")])
+                probe = TextInput(text="warm up", text_pair="warm up" if adapter.task.pair else None)
+                await self.engine.predict(adapter, [probe], "_warm_up")
             except (ServeError, RegistryError) as exc:
                 log.warning("warm-up skipped task %r: %s", task, exc)
                 continue
@@ -165,10 +166,10 @@ class ServerState:
         key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
         return await self.cache.get(key)
 
-    async def predict(self, task: str, inputs: list[TextInput]) -> tuple[ServedAdapter, list[torch.Tensor]]:
+    async def predict(self, task: str, inputs: list[TextInput], tenant: str) -> tuple[ServedAdapter, list[torch.Tensor]]:
         """The task's active adapter and each input's logits (never a non-finite one)."""
         adapter = await self._resolve(task)
-        logits = await self.engine.predict(adapter, inputs)
+        logits = await self.engine.predict(adapter, inputs, tenant)
         for i, row in enumerate(logits):
             if not torch.isfinite(row).all():
                 self.metrics.non_finite_outputs.inc()

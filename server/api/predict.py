@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import TASK, ReadyStateDep, access
+from server.deps import TASK, PrincipalDep, ReadyStateDep, access
 from server.responses import predictions
 from server.schemas import ErrorResponse, PredictRequest, PredictResponse
 
@@ -14,7 +14,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 
 @router.post("/v1/{task}/predict", response_model=PredictResponse, response_model_exclude_none=True,
              responses=_ERRORS, summary="Predict with a task's active adapter")
 @access(TASK)
-async def predict(task: str, body: PredictRequest, state: ReadyStateDep) -> dict:
+async def predict(task: str, body: PredictRequest, state: ReadyStateDep, principal: PrincipalDep) -> dict:
     """Run every input through the task's active adapter version; mixed into batches with other tasks."""
-    adapter, logits = await state.predict(task, body.texts())
+    adapter, logits = await state.predict(task, body.texts(), principal.name)
     return {"task": task, "version": adapter.key.version, "predictions": predictions(adapter.task, logits)}

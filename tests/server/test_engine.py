@@ -118,7 +118,8 @@ def test_async_submit_batches_concurrent_requests_across_tasks(tiny_backbone_dir
     async def main():
         await engine.start()
         try:
-            return await asyncio.gather(*(engine.predict(serve(zoo[n], n), [text_input(t)]) for n, t in picks))
+            return await asyncio.gather(*(engine.predict(serve(zoo[n], n), [text_input(t)], f"tenant{i % 3}")
+                                         for i, (n, t) in enumerate(picks)))
         finally:
             await engine.stop()
 
@@ -163,11 +164,11 @@ def test_queue_full_is_refused_at_once(tiny_backbone_dir, zoo):
         await engine.start()
         engine.batcher._loop_task.cancel()  # no batching: the queue can only fill
         adapter = serve(zoo["adapter_r2"], "adapter_r2")
-        first = asyncio.create_task(engine.predict(adapter, [TextInput(text="one")]))
-        while not engine.batcher._queue.full():  # tokenised in a thread, then queued
+        first = asyncio.create_task(engine.predict(adapter, [TextInput(text="one")], "a"))
+        while engine.batcher.queue_depth() < 1:  # tokenised in a thread, then queued
             await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError) as info:
-            await engine.predict(adapter, [TextInput(text="two")])
+            await engine.predict(adapter, [TextInput(text="two")], "b")
         assert info.value.headers["Retry-After"]
         await engine.stop()
         with pytest.raises(Exception, match="shutting down"):
