@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.stop()
 
     app = FastAPI(title="AdaMix Serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(authorize)])  # default-deny: every route declares its access policy
+                  dependencies=[Depends(authorize)],  # default-deny: every route declares its access policy
+                  redirect_slashes=False)  # no redirects: a Location built from the client's Host header, never
     app.state.server = state
     app.add_middleware(ServingMiddleware, state=state)
     install_error_handlers(app)

@@ -4,7 +4,10 @@ Keys live in a JSON file (`adamix keys new` writes it) that stores only each key
     {"keys": [{"name": "ops", "sha256": "<hex>", "admin": true},
               {"name": "team-a", "sha256": "<hex>", "tasks": ["sst2", "team-a-*"]}]}
 `admin` keys manage adapters and may predict on every task; tenant keys predict (and read adapter
-info) only on tasks matching one of their patterns (`*` matches any run of name characters).
+info) only on tasks matching one of their patterns (`*` matches any run of name characters); a key
+with `"metrics": true` may read `/metrics` (so may admin keys). The file is read again when it changes
+on disk (checked every few seconds) and on SIGHUP, so a revoked key stops working without a restart;
+a file that no longer parses keeps the keys last read and is reported.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from server.errors import ForbiddenError, RateLimitedError, UnauthorizedError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_BUCKETS = 100_000
 _PATTERN = re.compile(r"^[a-z0-9_*-]{1,64}$")
 
 
@@ -36,6 +40,7 @@ class Principal:
     name: str
     admin: bool = False
     tasks: tuple[str, ...] = ()
+    metrics: bool = False
 
     def may_use(self, task: str) -> bool:
         return self.admin or any(fnmatch.fnmatchcase(task, p) for p in self.tasks)
@@ -44,6 +49,11 @@ class Principal:
         if not self.may_use(task):
             raise ForbiddenError(f"API key {self.name!r} may not use task {task!r}; its tasks: {list(self.tasks)}",
                                  "task")
+
+    def require_metrics(self) -> None:
+        if not (self.admin or self.metrics):
+            raise ForbiddenError(f"API key {self.name!r} may not read metrics; it needs \"metrics\": true "
+                                 "(`adamix keys new NAME --metrics`)", "authorization")
 
     def require_admin(self) -> None:
         if not self.admin:
@@ -71,10 +81,11 @@ def parse_keys(data: object, source: str = "keys file") -> list[StoredKey]:
     out, names = [], set()
     for i, entry in enumerate(data["keys"]):
         where = f"{source}: keys[{i}]"
-        if not isinstance(entry, dict) or not set(entry) <= {"name", "sha256", "admin", "tasks"}:
-            raise KeyFileError(f"{where}: expected an object with name, sha256 and admin and/or tasks")
+        if not isinstance(entry, dict) or not set(entry) <= {"name", "sha256", "admin", "tasks", "metrics"}:
+            raise KeyFileError(f"{where}: expected an object with name, sha256 and admin, tasks and/or metrics")
         name, sha, admin, tasks = entry.get("name"), entry.get("sha256"), entry.get("admin", False), entry.get(
             "tasks", [])
+        metrics = entry.get("metrics", False)
         if not isinstance(name, str) or not name or name in names:
             raise KeyFileError(f"{where}.name: a non-empty, unique string is required, got {name!r}")
         if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
@@ -83,10 +94,12 @@ def parse_keys(data: object, source: str = "keys file") -> list[StoredKey]:
             raise KeyFileError(f"{where}.admin: true or false required, got {admin!r}")
         if not isinstance(tasks, list) or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in tasks):
             raise KeyFileError(f"{where}.tasks: a list of task-name patterns (a-z, 0-9, '_', '-', '*') required")
-        if not admin and not tasks:
-            raise KeyFileError(f"{where}: a key needs admin: true or at least one task pattern")
+        if not isinstance(metrics, bool):
+            raise KeyFileError(f"{where}.metrics: true or false required, got {metrics!r}")
+        if not admin and not tasks and not metrics:
+            raise KeyFileError(f"{where}: a key needs admin: true or at least one task pattern (or metrics: true)")
         names.add(name)
-        out.append(StoredKey(Principal(name, admin, tuple(tasks)), sha))
+        out.append(StoredKey(Principal(name, admin, tuple(tasks), metrics), sha))
     return out
 
 
@@ -103,8 +116,28 @@ def load_keys(path: Path) -> list[StoredKey]:
 class Authenticator:
     """Maps an `Authorization: Bearer <key>` header to a `Principal` (or open access with no keys)."""
 
-    def __init__(self, keys: list[StoredKey] | None) -> None:
+    def __init__(self, keys: list[StoredKey] | None, path: Path | None = None) -> None:
         self.keys = keys  # None = no keys configured: every route open (loopback only)
+        self.path = path
+        self._seen = _file_state(path)
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> Authenticator:
+        return cls(None if path is None else load_keys(path), path)
+
+    def reload(self, force: bool = False) -> bool:
+        """Read the keys file again if it changed on disk (or `force`); True when new keys took effect.
+
+        A file that no longer parses leaves the keys as they were and raises `KeyFileError`.
+        """
+        if self.path is None:
+            return False
+        seen = _file_state(self.path)
+        if not force and seen == self._seen:
+            return False
+        self._seen = seen
+        self.keys = load_keys(self.path)  # one reference swap: a request sees the old list or the new
+        return True
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +159,15 @@ class Authenticator:
         return found
 
 
+def _file_state(path: Path | None) -> tuple | None:
+    """What tells a changed file: inode, size and modification time (a rewrite by rename changes the inode)."""
+    try:
+        st = Path(path).stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class RateLimiter:
     """One token bucket per key name: `rate` tokens per second, at most `burst` saved up."""
 
@@ -134,16 +176,22 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last refill)
         self._lock = threading.Lock()
 
-    def take(self, name: str) -> None:
-        """Spend one token of `name`'s bucket or raise 429 saying when one will be available."""
+    def take(self, name: str, cost: float = 1.0, unit: str = "requests") -> None:
+        """Spend `cost` tokens of `name`'s bucket or raise 429 saying when they will be available.
+
+        A cost above the burst is capped at the burst (it waits for a full bucket rather than forever).
+        """
         now = time.monotonic()
+        cost = min(float(cost), float(self.burst))
         with self._lock:
             tokens, last = self._buckets.get(name, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[name] = (tokens - 1.0, now)
+            if tokens >= cost:
+                self._buckets[name] = (tokens - cost, now)
                 return
             self._buckets[name] = (tokens, now)
-        wait = (1.0 - tokens) / self.rate
-        raise RateLimitedError(f"rate limit of {self.rate:g} requests/s (burst {self.burst}) exceeded for key "
+            if len(self._buckets) > MAX_BUCKETS:  # many addresses: forget the full (idle) buckets
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+        wait = (cost - tokens) / self.rate
+        raise RateLimitedError(f"rate limit of {self.rate:g} {unit}/s (burst {self.burst}) exceeded for "
                                f"{name!r}; retry in {wait:.2f} s", None, {"Retry-After": str(max(1, math.ceil(wait)))})

@@ -5,11 +5,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.auth import Principal
+from server.auth import OPEN_ACCESS, Principal
+from server.errors import UnauthorizedError
+from server.middleware import PRINCIPAL
 from server.state import ServerState
 
 # Route access policies, set on an endpoint with `@access(...)`; a route without one is admin-only.
-PUBLIC, ADMIN, TASK, ANY_KEY = "public", "admin", "task", "any_key"
+PUBLIC, ADMIN, TASK, ANY_KEY, METRICS = "public", "admin", "task", "any_key", "metrics"
 
 
 def get_state(request: Request) -> ServerState:
@@ -22,37 +24,46 @@ def get_ready_state(request: Request) -> ServerState:
     return state
 
 
-def access(policy: str):
+def access(policy: str, rate_cost: str = "request"):
     """Mark an endpoint's access policy: PUBLIC, ADMIN, TASK (key must cover the `task` path parameter),
-    ANY_KEY (any valid key; the route filters what it shows)."""
-    if policy not in (PUBLIC, ADMIN, TASK, ANY_KEY):
-        raise ValueError(f"unknown access policy {policy!r}")
+    ANY_KEY (any valid key; the route filters what it shows), METRICS (a metrics or admin key; public
+    when no keys are configured). `rate_cost="inputs"`: the route charges the rate limit itself, in the
+    setting rate_limit_unit (rows or tokens); otherwise one request here."""
+    if policy not in (PUBLIC, ADMIN, TASK, ANY_KEY, METRICS) or rate_cost not in ("request", "inputs"):
+        raise ValueError(f"unknown access policy {policy!r} or rate cost {rate_cost!r}")
 
     def mark(endpoint):
         endpoint.adamix_access = policy
+        endpoint.adamix_rate_cost = rate_cost
         return endpoint
     return mark
 
 
 async def authorize(request: Request) -> None:
-    """App-wide dependency, default-deny: authenticate, check the route's policy, then the rate limit."""
-    route = request.scope.get("route")
-    policy = getattr(getattr(route, "endpoint", None), "adamix_access", ADMIN)
-    if policy == PUBLIC:
-        return
+    """App-wide dependency, default-deny: the route's policy for the caller the middleware authenticated,
+    then the rate limit (per request here; predicts charged in rows or tokens pay in `ServerState.predict`)."""
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    policy = getattr(endpoint, "adamix_access", ADMIN)
     state: ServerState = request.app.state.server
-    principal = state.auth.authenticate(request.headers.get("authorization"))
-    request.state.principal = principal
+    if policy == PUBLIC or (policy == METRICS and not state.auth.enabled):
+        return
+    principal = request.scope.get(PRINCIPAL)
+    if principal is None:  # a route the middleware let through unauthenticated: never served
+        raise UnauthorizedError("this route needs an API key: send 'Authorization: Bearer <key>'")
     if policy == ADMIN:
         principal.require_admin()
     elif policy == TASK:
         principal.require_task(request.path_params["task"])
-    if state.rate_limiter is not None:
+    elif policy == METRICS:
+        principal.require_metrics()
+    charged_by_route = getattr(endpoint, "adamix_rate_cost", "request") == "inputs"
+    if state.rate_limiter is not None and policy != METRICS and not (
+            charged_by_route and state.settings.rate_limit_unit != "requests"):
         state.rate_limiter.take(principal.name)
 
 
 def get_principal(request: Request) -> Principal:
-    return request.state.principal
+    return request.scope.get(PRINCIPAL) or OPEN_ACCESS
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]

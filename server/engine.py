@@ -7,6 +7,8 @@ What a response looks like is not the engine's business: the routes shape the lo
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from adamix import AdapterFile, BackboneInfo
@@ -47,10 +49,17 @@ class Engine:
         self.admission.stop()
         self.executor.stop()
 
-    async def predict(self, adapter: ServedAdapter, inputs: list[TextInput], tenant: str) -> list[torch.Tensor]:
-        """Each input's logits; `tenant` (the API key's name) is whose fair share of the batches it uses."""
+    async def predict(self, adapter: ServedAdapter, inputs: list[TextInput], tenant: str,
+                      charge: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+        """Each input's logits; `tenant` (the API key's name) is whose fair share of the batches it uses.
+
+        `charge(rows, tokens)`, called once the cost is known and before anything is queued, may refuse it.
+        """
         self.batcher.check_capacity(tenant)
-        return await self.batcher.submit(await self.admission.admit(adapter, inputs), tenant)
+        rows = await self.admission.admit(adapter, inputs)
+        if charge is not None:
+            charge(len(rows), sum(len(r.input_ids) for r in rows))
+        return await self.batcher.submit(rows, tenant)
 
     def check(self, adapter: AdapterFile) -> None:
         """Refuse an adapter this engine cannot serve or that answers a probe input with non-finite values.
@@ -61,9 +70,12 @@ class Engine:
         served = prepare(AdapterKey("probe", "probe"), adapter, self.limits)  # never a real version id
         inputs = [TextInput(text=t, text_pair=t if adapter.task.pair else None) for t in PROBE_TEXTS]
         logits = self.executor.call_blocking(self.executor.probe, self.admission.encode(served, inputs))
-        if not all(torch.isfinite(x).all() for x in logits):
-            raise UnservableAdapterError("the adapter's outputs on a probe input are not finite (NaN or inf): its "
-                                         "weights overflow in this server's dtype", "tensors")
+        headroom = self.limits.max_value ** 0.5  # what other inputs may add before an overflow
+        largest = max(float(x.abs().max()) for x in logits)
+        if not largest <= headroom:  # NaN compares False too
+            raise UnservableAdapterError(f"the adapter's outputs on a probe input reach {largest:.3g}: not finite "
+                                         f"or beyond {headroom:.3g}, so other inputs would overflow this server's "
+                                         "dtype; its weights are not those of a trained adapter", "tensors")
 
     async def pin(self, adapter: ServedAdapter) -> None:
         await self.executor.call(self.executor.pin, adapter)

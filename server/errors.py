@@ -111,6 +111,22 @@ class OverloadedError(ServeError):
     rejection = "overloaded"
 
 
+class RequestTimeoutError(ServeError):
+    """The request body did not arrive in time (a slow or stalled client)."""
+
+    status_code = 408
+    code = "request_timeout"
+    rejection = "body_timeout"
+
+
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
+
+
+class ClientClosedError(ServeError):
+    status_code = CLIENT_CLOSED
+    code = "client_closed_request"
+
+
 class NotReadyError(ServeError):
     status_code = 503
     code = "not_ready"
@@ -182,6 +198,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not parse at all (e.g. JSON nested too deep)
+            return JSONResponse(error_body("invalid_input", f"body: {exc.detail} (malformed or too deeply nested "
+                                           "JSON)", "body"), 422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
 

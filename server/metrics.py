@@ -43,6 +43,8 @@ class ServerMetrics:
                                   ["reason"], registry=r)
         self.non_finite_outputs = Counter("adamix_non_finite_outputs_total", "Predict rows refused because the "
                                           "adapter computed a NaN or inf output for them.", registry=r)
+        self.keys_reloads = Counter("adamix_api_keys_reloads_total", "Reloads of the API keys file by result (ok, "
+                                    "failed: the keys read before stay in force).", ["result"], registry=r)
         self.queue_depth = Gauge("adamix_queue_depth", "Requests waiting for a batch.", registry=r)
         self.in_flight = Gauge("adamix_requests_in_flight", "Accepted requests (non-public routes) not yet "
                                "answered.", registry=r)

@@ -1,23 +1,34 @@
-"""`ServingMiddleware` (pure ASGI): drain refusal, request body cap, in-flight count and request metrics.
+"""`ServingMiddleware` (pure ASGI): everything a request meets before routing, in this order:
 
-Runs around every HTTP request before routing, so it also sees what never reaches a route handler
-(pydantic 422s, auth 401/403, rate-limit 429, 413): every predict answer is counted in
-`adamix_requests_total{task,status}`. Public routes (health, metrics, docs) pass straight through.
+1. draining (after SIGTERM): 503 at once;
+2. authentication, before a byte of the body is read: no valid key, 401 (429 once the client's address
+   has failed too often); the principal rides in the scope for the routes' policy checks;
+3. the body, read under a size cap (413) and a deadline (408), except uploads, which stream their own;
+4. the app, watched for the client going away: its work is cancelled (queued rows never reach a
+   forward) and it is counted as status 499.
+It also keeps the one in-flight count (the drain waits for it) and counts every predict answer in
+`adamix_requests_total{task,status}`, under the task only for an authenticated caller of a known task.
+Public routes (health, docs) pass straight through.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import PayloadTooLargeError, ShuttingDownError, error_response
+from server.auth import Principal
+from server.errors import (CLIENT_CLOSED, ClientClosedError, PayloadTooLargeError, RateLimitedError,
+                           RequestTimeoutError, ServeError, ShuttingDownError, UnauthorizedError, error_response)
 from server.state import ServerState
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                          "/openapi.json"})
+log = logging.getLogger("adamix.server")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PREDICT_PATH = re.compile(r"^/v1/([^/]*)/predict$")
 UPLOAD_PATH = re.compile(r"^/v1/adapters/[^/]*$")  # PUT streams its own body under max_upload_bytes
+PRINCIPAL = "adamix.principal"  # the scope key the routes read the caller from
 
 
 class ServingMiddleware:
@@ -26,7 +37,8 @@ class ServingMiddleware:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or (
+                scope["path"] == "/metrics" and not self.state.auth.enabled):
             await self.app(scope, receive, send)
             return
         state, path = self.state, scope["path"]
@@ -40,57 +52,134 @@ class ServingMiddleware:
 
         try:
             if state.draining:
-                await error_response(ShuttingDownError(
-                    "the server is shutting down; retry on another replica", None,
-                    {"Retry-After": "1", "Connection": "close"}), state.metrics)(scope, receive, send_status)
-                return
+                raise ShuttingDownError("the server is shutting down; retry on another replica", None,
+                                        {"Retry-After": "1", "Connection": "close"})
+            scope[PRINCIPAL] = self._authenticate(scope)
+            body = None
             if not (scope["method"] == "PUT" and UPLOAD_PATH.match(path)):
-                try:
-                    receive = await self._buffered_body(scope, receive, state.settings.max_request_bytes)
-                except PayloadTooLargeError as exc:
-                    await error_response(exc, state.metrics)(scope, receive, send_status)
-                    return
-            state.in_flight += 1
-            state.metrics.in_flight.inc()
-            try:
+                body = await self._read_body(scope, receive)
+        except ServeError as exc:
+            exc.headers.setdefault("Connection", "close")  # the body may be unread: never reuse this connection
+            await error_response(exc, state.metrics)(scope, receive, send_status)
+            self._count(scope, match, status[0], start)
+            return
+        counted = path != "/metrics"  # a scrape is not work to drain (nor counted in what it reports)
+        state.in_flight += counted
+        state.metrics.in_flight.inc(counted)
+        try:
+            if body is None:
                 await self.app(scope, receive, send_status)
-            finally:
-                state.in_flight -= 1
-                state.metrics.in_flight.dec()
+            else:
+                if not await _run_unless_client_leaves(self.app(scope, _replay(body), send_status), receive):
+                    status[0] = CLIENT_CLOSED
+                    log.info("%s %s: the client closed the connection before the answer (499); its work was "
+                             "dropped", scope["method"], path)
         finally:
-            if match:
-                self._count(match.group(1), status[0], time.perf_counter() - start)
+            state.in_flight -= counted
+            state.metrics.in_flight.dec(counted)
+            self._count(scope, match, status[0], start)
 
-    async def _buffered_body(self, scope: Scope, receive: Receive, limit: int) -> Receive:
-        """Read the whole body (at most `limit` bytes, else 413) and return a receive that replays it."""
-        too_large = PayloadTooLargeError(f"request body exceeds {limit} bytes (setting max_request_bytes)", None,
-                                         {"Connection": "close"})
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+    def _authenticate(self, scope: Scope) -> Principal:
+        """The caller, from the Authorization header alone; failures are rate limited per client address."""
+        auth = self.state.auth
+        try:
+            return auth.authenticate(_header(scope, b"authorization"))
+        except UnauthorizedError:
+            address = (scope.get("client") or ("unknown",))[0]
+            limiter = self.state.auth_failures
+            if limiter is not None:
+                try:
+                    limiter.take(address, unit="failed authentications")
+                except RateLimitedError as exc:
+                    raise RateLimitedError(f"too many failed authentications: {exc.message}", None,
+                                           {**exc.headers, "Connection": "close"}) from None
+            raise
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body: at most max_request_bytes (else 413), within body_timeout_s (else 408)."""
+        s = self.state.settings
+        too_large = PayloadTooLargeError(f"request body exceeds {s.max_request_bytes} bytes (setting "
+                                         "max_request_bytes)", None, {"Connection": "close"})
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > s.max_request_bytes:
             raise too_large
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: let the app see it
-                return _replay([message], receive)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive)
+        try:
+            async with asyncio.timeout(s.body_timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away while sending
+                        raise _ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > s.max_request_bytes:
+                        raise too_large
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise RequestTimeoutError(f"the request body did not arrive within {s.body_timeout_s:g} s (setting "
+                                      "body_timeout_s)", None, {"Connection": "close"}) from None
+        except _ClientGone:
+            raise ClientClosedError("the client closed the connection while sending the body", None) from None
+        return b"".join(chunks)
 
-    def _count(self, task: str, status: int, seconds: float) -> None:
-        state = self.state
-        known = state.registry is not None and task in state.registry
-        label = state.metrics.task_label(task) if known else "_unknown"  # client-chosen names never become labels
+    def _count(self, scope: Scope, match: re.Match | None, status: int, start: float) -> None:
+        if match is None:
+            return
+        state, task = self.state, match.group(1)
+        if scope.get(PRINCIPAL) is None:
+            label = "_unauthenticated"  # never a name an unauthenticated client chose
+        elif state.registry is not None and task in state.registry:
+            label = state.metrics.task_label(task)
+        else:
+            label = "_unknown"  # client-chosen names never become labels
         state.metrics.requests.labels(label, str(status)).inc()
         if status == 200:
-            state.metrics.request_duration.labels(label).observe(seconds)
+            state.metrics.request_duration.labels(label).observe(time.perf_counter() - start)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+class _ClientGone(Exception):
+    pass
+
+
+async def _run_unless_client_leaves(app_call, receive: Receive) -> bool:
+    """Run the app; if the client disconnects first, cancel it. True when the app finished."""
+    app = asyncio.ensure_future(app_call)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if app.done():
+        app.result()  # re-raise what the app raised
+        return True
+    app.cancel()
+    try:
+        await app
+    except asyncio.CancelledError:
+        pass
+    return False
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _replay(body: bytes) -> Receive:
+    """A receive that hands the app the buffered body, then waits forever (the middleware watches the client)."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
     async def replay() -> Message:
-        return messages.pop(0) if messages else await receive()
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the real receive is the watcher's
+        raise AssertionError("unreachable")
     return replay

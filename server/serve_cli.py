@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamix serve: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1.0, settings.drain_timeout_s))
+                            timeout_graceful_shutdown=max(1.0, settings.drain_timeout_s),
+                            limit_concurrency=settings.max_connections)
     DrainingServer(config, app.state.server).run()
     return 0

@@ -54,15 +54,35 @@ class Settings(BaseSettings):
         None, gt=0, description="Requests per second each API key (or, without keys, the whole server) may make "
                                 "on non-public routes; beyond it 429 with Retry-After. None = no limit.")
     rate_limit_burst: int = Field(20, ge=1, description="Token-bucket size of the per-key rate limit.")
+    rate_limit_unit: Literal["requests", "rows", "tokens"] = Field(
+        "requests", description="What the per-key rate limit counts on predict routes: requests, input rows, "
+                                "or tokens after truncation (then rate_limit_per_s is in rows or tokens per second).")
+    auth_failures_per_s: float = Field(1.0, gt=0, description="Failed authentications per second one client "
+                                                              "address may make (with keys); beyond it 429.")
+    auth_failures_burst: int = Field(10, ge=1, description="Token-bucket size of the failed-authentication limit.")
+    keys_reload_s: float = Field(2.0, gt=0, le=60, description="How often the API keys file is checked for "
+                                                               "changes (it is also re-read on SIGHUP).")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (bytes) except adapter "
                                                                 "uploads; beyond it 413.")
     max_upload_bytes: int = Field(64 << 20, ge=1024, le=256 << 20,
                                   description="Largest adapter upload (bytes); beyond it 413 before the rest of "
                                               "the body is read.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline for reading a request body (not "
+                                                                   "uploads); past it 408.")
+    upload_timeout_s: float = Field(300.0, gt=0, le=86400, description="Deadline for receiving an adapter upload; "
+                                                                       "past it 408.")
+    max_connections: int | None = Field(
+        1024, ge=1, description="Concurrent connections (and requests) beyond which new ones get 503 at once. "
+                                "Header-read timeouts are the fronting proxy's job (deploy/nginx).")
     drain_timeout_s: float = Field(30.0, ge=0, le=3600,
                                    description="On SIGTERM: /readyz turns 503 and new requests get 503 at once, "
                                                "accepted ones finish for at most this long before the server "
                                                "exits.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Also serve /metrics, unauthenticated, on this port (for Prometheus on a "
+                                          "private network); with API keys the API port's /metrics needs a metrics "
+                                          "or admin key.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the metrics_port listener.")
     metrics_max_tasks: int = Field(100, ge=1, description="Distinct `task` label values in metrics; rest 'other'.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

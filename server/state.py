@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 import torch
+from prometheus_client import start_http_server
 
 from adamix import AdapterFileError, load_backbone
 from adamix.manifest import RegistryError, TaskManifest, VersionRecord
 from adamix.registry import AdapterRegistry
-from server.auth import Authenticator, RateLimiter, load_keys
+from server.auth import Authenticator, KeyFileError, RateLimiter
 from server.cache import HostCache
 from server.engine import Engine
 from server.errors import NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError
@@ -52,9 +54,13 @@ class ServerState:
         self.engine: Engine | None = None
         self.ready = False
         self.status = "loading the backbone"
-        self.auth = Authenticator(None if settings.api_keys_file is None else load_keys(settings.api_keys_file))
+        self.auth = Authenticator.from_file(settings.api_keys_file)
         self.rate_limiter = (None if settings.rate_limit_per_s is None
                              else RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
+        self.auth_failures = (None if not self.auth.enabled
+                              else RateLimiter(settings.auth_failures_per_s, settings.auth_failures_burst))
+        self._keys_watch: asyncio.Task | None = None
+        self._metrics_server = None
         self.draining = False  # SIGTERM seen: refuse new requests, let accepted ones finish
         self.in_flight = 0  # accepted requests on non-public routes (the middleware counts them): the one count
 
@@ -88,6 +94,10 @@ class ServerState:
         if self.registry.created:  # only a brand-new registry: deleting every task later must stay deleted
             await asyncio.to_thread(self._install_demo_adapters)
         await self._warm_tasks(pinned)
+        self._watch_keys()
+        if s.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, self.metrics.registry)
+            log.info("metrics (unauthenticated) on %s:%d", s.metrics_host, s.metrics_port)
         self.ready = True
         self.status = "ready"
         if not self.auth.enabled:
@@ -109,8 +119,37 @@ class ServerState:
             if task in pinned:
                 await self.engine.pin(adapter)
 
+    def _watch_keys(self) -> None:
+        """Re-read the keys file when it changes (polled every keys_reload_s) and on SIGHUP."""
+        if self.auth.path is None:
+            return
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(self.settings.keys_reload_s)
+                self.reload_keys()
+        self._keys_watch = asyncio.create_task(poll(), name="adamix-keys")
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys, True)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
+            pass
+
+    def reload_keys(self, force: bool = False) -> None:
+        try:
+            if self.auth.reload(force):
+                log.info("API keys reloaded from %s: %d key(s)", self.auth.path, len(self.auth.keys))
+                self.metrics.keys_reloads.labels("ok").inc()
+        except KeyFileError as exc:
+            log.error("API keys file not reloaded, the keys read before stay in force: %s", exc)
+            self.metrics.keys_reloads.labels("failed").inc()
+
     async def stop(self) -> None:
         """Lifespan shutdown: drain (bounded by drain_timeout_s), then stop the engine."""
+        if self._keys_watch is not None:
+            self._keys_watch.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.begin_drain()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         while not self.drained and time.monotonic() < deadline:
@@ -169,13 +208,20 @@ class ServerState:
     async def predict(self, task: str, inputs: list[TextInput], tenant: str) -> tuple[ServedAdapter, list[torch.Tensor]]:
         """The task's active adapter and each input's logits (never a non-finite one)."""
         adapter = await self._resolve(task)
-        logits = await self.engine.predict(adapter, inputs, tenant)
+        logits = await self.engine.predict(adapter, inputs, tenant, self._charge(tenant))
         for i, row in enumerate(logits):
             if not torch.isfinite(row).all():
                 self.metrics.non_finite_outputs.inc()
                 raise NonFiniteOutputError(f"task {task!r} (version {adapter.key.version}) computed a non-finite "
                                            f"output for inputs[{i}]; no prediction is made up for it", f"inputs[{i}]")
         return adapter, logits
+
+    def _charge(self, tenant: str):
+        """The rate limit in rows or tokens (`rate_limit_unit`), once a request's cost is known."""
+        unit = self.settings.rate_limit_unit
+        if self.rate_limiter is None or unit == "requests":
+            return None
+        return lambda rows, tokens: self.rate_limiter.take(tenant, rows if unit == "rows" else tokens, unit)
 
     async def upload(self, task: str, path: Path) -> tuple[VersionRecord, bool]:
         """Validate the uploaded file against the backbone and this server's limits, store it, activate it.

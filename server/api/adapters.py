@@ -61,7 +61,7 @@ async def upload_adapter(task: str, request: Request, response: Response, state:
         check_upload_headers(request, limit)
         path = state.registry.upload_path()
         try:
-            await stream_to_file(request, path, limit)
+            await stream_to_file(request, path, limit, state.settings.upload_timeout_s)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

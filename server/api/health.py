@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deps import PUBLIC, StateDep, access
+from server.deps import METRICS, PUBLIC, StateDep, access
 from server.schemas import ErrorResponse
 
 router = APIRouter(tags=["operations"])
@@ -24,7 +24,7 @@ async def readyz(state: StateDep) -> dict:
     return {"status": "ready", "tasks": len(state.registry)}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-@access(PUBLIC)
+@router.get("/metrics", summary="Prometheus metrics (with API keys: a metrics or admin key)", response_class=Response)
+@access(METRICS)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

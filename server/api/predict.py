@@ -13,7 +13,7 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 
 
 @router.post("/v1/{task}/predict", response_model=PredictResponse, response_model_exclude_none=True,
              responses=_ERRORS, summary="Predict with a task's active adapter")
-@access(TASK)
+@access(TASK, rate_cost="inputs")
 async def predict(task: str, body: PredictRequest, state: ReadyStateDep, principal: PrincipalDep) -> dict:
     """Run every input through the task's active adapter version; mixed into batches with other tasks."""
     adapter, logits = await state.predict(task, body.texts(), principal.name)

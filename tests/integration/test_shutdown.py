@@ -114,5 +114,5 @@ def test_sigkill_mid_upload_then_restart_serves_the_old_version(tmp_path, start_
     assert info["active"] == old["version"] and [v["version"] for v in info["versions"]] == [old["version"]]
     r = httpx.post(f"{restarted.url}/v1/team-x/predict", json={"inputs": ["x"]}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["version"] == old["version"]  # ...and never served
-    assert "adamix_registry_problems 1.0" in httpx.get(f"{restarted.url}/metrics").text
+    assert "adamix_registry_problems 1.0" in httpx.get(f"{restarted.url}/metrics", headers=ADMIN).text
     assert "upload-" in restarted.log().split("Started server process")[-1]  # reported at start-up

@@ -81,8 +81,12 @@ def test_scopes_over_http(client, files):
     assert predict(client, "other", {"Authorization": "Bearer wrong"}).headers["www-authenticate"] == "Bearer"
     assert [t["task"] for t in client.get("/v1/adapters", headers=TENANT).json()["tasks"]] == ["team-x"]
     assert [t["task"] for t in client.get("/v1/adapters", headers=ADMIN).json()["tasks"]] == ["other", "team-x"]
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         assert client.get(path).status_code == 200
+    # with keys, the metrics (every tenant's task names) are no side channel: a metrics or admin key only
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=TENANT).status_code == 403
+    assert client.get("/metrics", headers=ADMIN).status_code == 200
 
 
 def test_size_limits_answer_413(client, files):
@@ -129,14 +133,14 @@ def test_metrics_count_uploads_rejections_and_every_predict_status(client, files
     predict(client, "team-x", {})
     client.post("/v1/team-x/predict", json={"texts": ["x"]}, headers=ADMIN)  # pydantic 422
     predict(client, "team-x")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=ADMIN).text
     for line in ('adamix_adapter_uploads_total{result="created"} 1.0',
                  'adamix_adapter_uploads_total{result="unchanged"} 1.0',
                  'adamix_adapter_uploads_total{result="invalid"} 1.0',
                  'adamix_adapter_uploads_total{result="too_large"} 1.0',
                  'adamix_rejections_total{reason="unauthorized"} 1.0',
                  'adamix_rejections_total{reason="too_large"} 1.0',
-                 'adamix_requests_total{status="401",task="team-x"} 1.0',
+                 'adamix_requests_total{status="401",task="_unauthenticated"} 1.0',  # not the name it sent
                  'adamix_requests_total{status="422",task="team-x"} 1.0',
                  'adamix_requests_total{status="200",task="team-x"} 1.0',
                  "adamix_queue_depth 0.0", "adamix_requests_in_flight 0.0", "adamix_registry_problems 0.0"):
@@ -153,4 +157,21 @@ def test_rate_limit_is_per_key_with_retry_after(tmp_path, tiny_backbone_dir, key
         r = predict(c, "team-x")
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert predict(c, "team-x", TENANT).status_code == 200  # another key, another bucket
-        assert 'adamix_rejections_total{reason="rate_limited"} 1.0' in c.get("/metrics").text
+        assert 'adamix_rejections_total{reason="rate_limited"} 1.0' in c.get("/metrics", headers=ADMIN).text
+
+
+def test_the_metrics_listener_answers_without_a_key(tmp_path, tiny_backbone_dir, keys_file):
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(backbone=tiny_backbone_dir, registry=tmp_path / "reg", demo_adapters=None,
+                        api_keys_file=keys_file, metrics_port=port)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        assert c.get("/metrics").status_code == 401  # the API port: a key is needed
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert r.status_code == 200 and "adamix_build_info" in r.text

@@ -102,3 +102,27 @@ def test_without_keys_only_loopback_hosts_are_accepted(host, ok, tmp_path):
             Settings(host=host)
     Settings(host=host, api_keys_file=tmp_path / "keys.json")
     Settings(host=host, insecure_no_auth=True)
+
+
+def test_keys_list_and_revoke_and_a_metrics_only_key(tmp_path, capsys):
+    path = tmp_path / "keys.json"
+    assert main(["keys", "new", "ops", "--admin", "--file", str(path)]) == 0
+    assert main(["keys", "new", "prom", "--metrics", "--file", str(path)]) == 0
+    prom_key = capsys.readouterr().out.strip().splitlines()[-1]
+    auth = Authenticator.from_file(path)
+    prom = auth.authenticate(f"Bearer {prom_key}")
+    prom.require_metrics()
+    with pytest.raises(ForbiddenError):
+        prom.require_task("sst2")
+    assert main(["keys", "list", "--file", str(path)]) == 0
+    listing = capsys.readouterr().out
+    assert "ops\tadmin" in listing and "prom\tmetrics" in listing and prom_key not in listing
+    assert main(["keys", "revoke", "prom", "--file", str(path)]) == 0
+    assert main(["keys", "revoke", "nobody", "--file", str(path)]) == 2
+    assert auth.reload() is True  # the file changed on disk: the new keys take effect
+    with pytest.raises(UnauthorizedError):
+        auth.authenticate(f"Bearer {prom_key}")
+    path.write_text("{broken")
+    with pytest.raises(KeyFileError):
+        auth.reload()
+    assert [k.principal.name for k in auth.keys] == ["ops"]  # a broken file keeps the keys read before
