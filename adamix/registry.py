@@ -30,10 +30,11 @@ from pathlib import Path
 from adamix.adapter_file import MAX_FILE_BYTES, AdapterFile, AdapterFileError, read_adapter_bytes
 from adamix.atomic import atomic_write, fsync_dir
 from adamix.backbone import BackboneInfo
-from adamix.manifest import (MANIFEST_FORMAT, VERSION_CHARS, CorruptEntryError, Published, StorageFullError,
-                             TaskManifest, TaskNotFoundError, VersionRecord, check_task_name)
+from adamix.manifest import (MANIFEST_FORMAT, TASK_NAME, VERSION_CHARS, CorruptEntryError, Published,
+                             StorageFullError, TaskManifest, TaskNotFoundError, VersionRecord, check_task_name)
 
 log = logging.getLogger("adamix.registry")
+QUARANTINE = ".corrupt-"  # tasks/<task>.json.corrupt-<time>: an unreadable manifest, moved aside
 STALE_TEMP_SECONDS = 600  # temp files older than this are leftovers of a crash; younger ones may be in use
 
 
@@ -179,6 +180,44 @@ class AdapterRegistry:
                 if record.sha256 not in used:
                     self._blob_path(record.sha256).unlink(missing_ok=True)
 
+    def repair(self) -> list[str]:
+        """Rebuild the manifests moved aside at start-up from the blobs they name; what was done, line by line.
+
+        A version is recovered when its blob is present and hash-checks; its record comes from the blob's
+        own metadata, in the order the broken manifest named them, the last one active (unless the task has
+        been uploaded to since: then the recovered versions join it, its active version unchanged).
+        """
+        done = []
+        with self._write_lock():
+            for aside in sorted(self._tasks.glob(f"*.json{QUARANTINE}*")):
+                task = aside.name.partition(".json")[0]
+                shas = list(dict.fromkeys(re.findall(r"[0-9a-f]{64}", aside.read_text(errors="replace"))))
+                records = [r for r in (self._record_of(sha) for sha in shas) if r is not None]
+                if not records or not TASK_NAME.fullmatch(task):
+                    done.append(f"{aside.name}: no intact blob named in it; left as it is")
+                    continue
+                current = self._reread(task)
+                known = {r.version for r in current.versions} if current else set()
+                versions = (*(current.versions if current else ()), *(r for r in records if r.version not in known))
+                active = current.active if current else records[-1].version
+                self._save(TaskManifest(task=task, active=active, versions=versions))
+                aside.unlink()
+                done.append(f"{task}: recovered {len(records)} version(s) from {aside.name}; active {active}")
+        return done
+
+    def _record_of(self, sha: str) -> VersionRecord | None:
+        """The record of an intact blob, read from its own metadata (None if missing, corrupt or not ours)."""
+        try:
+            data = self._blob_path(sha).read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha:
+                return None
+            adapter = read_adapter_bytes(data, self.backbone)
+        except (OSError, AdapterFileError):
+            return None
+        return VersionRecord(version=sha[:VERSION_CHARS], sha256=sha, size=len(data),
+                             created=self._blob_path(sha).stat().st_mtime, kind=adapter.kind,
+                             task_type=adapter.task.type, labels=adapter.task.labels)
+
     # ------------------------------------------------------------------ internals
 
     @contextlib.contextmanager
@@ -208,9 +247,10 @@ class AdapterRegistry:
         return manifest
 
     def _referenced_on_disk(self) -> set[str]:
-        """Every blob any manifest on disk names (written by any process); unreadable manifests keep theirs."""
+        """Every blob any manifest on disk names (written by any process); unreadable and moved-aside ones keep
+        every blob they might name."""
         used: set[str] = set()
-        for path in self._tasks.glob("*.json"):
+        for path in self._tasks.glob("*.json*"):
             try:
                 used.update(r.sha256 for r in self._read_manifest(path).versions)
             except (OSError, ValueError):  # unreadable: never delete a blob it might name
@@ -240,8 +280,12 @@ class AdapterRegistry:
         for path in sorted(self._tasks.glob("*.json")):
             try:
                 manifest = self._read_manifest(path)
-            except (OSError, ValueError) as exc:
-                self.problems.append(f"ignored unreadable manifest {path.name}: {exc}")
+            except (OSError, ValueError) as exc:  # moved aside, never overwritten: `repair()` rebuilds it
+                aside = path.with_name(f"{path.name}{QUARANTINE}{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(path, aside)
+                fsync_dir(self._tasks)
+                self.problems.append(f"moved unreadable manifest {path.name} aside to {aside.name} ({_brief(exc)}); "
+                                     "`adamix registry check --repair` rebuilds its versions from the blobs")
                 continue
             self._manifests[manifest.task] = manifest
         if verify:
@@ -277,6 +321,11 @@ def _move_durably(source: Path, path: Path) -> None:
         os.close(fd)
     os.replace(source, path)
     fsync_dir(path.parent)
+
+
+def _brief(exc: Exception) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= 200 else text[:200] + " ..."
 
 
 @contextlib.contextmanager

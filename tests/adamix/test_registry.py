@@ -180,3 +180,22 @@ def test_a_full_disk_is_a_storage_full_error_and_leaves_nothing_half_written(tmp
         reg.publish("new", blobs[1])
     assert reg.tasks() == ["kept"] and list((tmp_path / "tmp").iterdir()) == []
     assert not (tmp_path / "tasks" / "new.json").exists()
+
+
+def test_a_corrupt_manifest_is_moved_aside_never_overwritten_and_repair_recovers_it(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    reg = AdapterRegistry(tmp_path, info)
+    v1, v2 = reg.publish("task", blobs[0]), reg.publish("task", blobs[1])
+    manifest = tmp_path / "tasks" / "task.json"
+    manifest.write_bytes(manifest.read_bytes()[:-40])  # truncated
+    reopened = AdapterRegistry(tmp_path, info)
+    assert reopened.tasks() == [] and "moved unreadable manifest task.json aside" in reopened.problems[0]
+    aside = list((tmp_path / "tasks").glob("task.json.corrupt-*"))
+    assert len(aside) == 1
+    v3 = reopened.publish("task", blobs[2])  # a new upload starts a fresh manifest: the broken one stays aside
+    assert aside[0].exists() and (tmp_path / "blobs" / f"{v1.sha256}.safetensors").exists()
+    done = reopened.repair()
+    assert done and "recovered" in done[0]
+    versions = [r.version for r in reopened.get("task").versions]
+    assert set(versions) >= {v2.version, v3.version} and reopened.get("task").active == v3.version
+    assert not list((tmp_path / "tasks").glob("*.corrupt-*"))

@@ -62,4 +62,4 @@ def test_every_setting_is_a_serve_flag_with_its_help():
 
 def test_the_command_finds_its_subcommands_through_entry_points():
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert set(choices) == {"train", "eval", "serve", "keys", "adapters"}
+    assert set(choices) == {"train", "eval", "serve", "keys", "adapters", "registry"}
