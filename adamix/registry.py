@@ -5,8 +5,10 @@ Layout under `root`:
     tasks/<task>.json            one manifest per task: its versions and the active one
     tmp/                         files being written; anything left here after a crash is never served
     lock                         taken (`fcntl.flock`, exclusive) around every write
+    generation                   a counter every write bumps, with the tasks changed (`adamix.generation`)
 Every write is atomic (temp file, fsync, rename, directory fsync) and happens under the lock, after
-re-reading the task's manifest from disk, so writers in other processes are never lost. Readers see
+re-reading the task's manifest from disk, so writers in other processes are never lost; `refresh()`
+applies what other processes wrote (a replica polls it: one small read when nothing changed). Readers see
 immutable `TaskManifest`s swapped in by one reference assignment: the old state or the new, never half.
 Every blob is validated (`read_adapter_bytes`) and hash-checked whenever it is read. Errors are the domain
 errors of `adamix.manifest`; the server maps them to HTTP in `server/errors.py`.
@@ -30,6 +32,7 @@ from pathlib import Path
 from adamix.adapter_file import MAX_FILE_BYTES, AdapterFile, AdapterFileError, read_adapter_bytes
 from adamix.atomic import atomic_write, fsync_dir
 from adamix.backbone import BackboneInfo
+from adamix.generation import Generation, bump, read_generation
 from adamix.manifest import (MANIFEST_FORMAT, TASK_NAME, VERSION_CHARS, CorruptEntryError, Published,
                              StorageFullError, TaskManifest, TaskNotFoundError, VersionRecord, check_task_name)
 
@@ -54,6 +57,9 @@ class AdapterRegistry:
         self._manifests: dict[str, TaskManifest] = {}  # readers only ever read this
         self.problems: list[str] = []  # what start-up verification found, for logs and operators
         self._bad_blobs: set[str] = set()
+        self._generation_file = self.root / "generation"
+        self.generation = 0
+        self.generation = self._read_generation().number  # before the scan: later changes are refreshed
         self._scan(verify)
 
     # ------------------------------------------------------------------ reading
@@ -99,6 +105,39 @@ class AdapterRegistry:
             self._bad_blobs.add(self.get(task).record(version).sha256)
             raise CorruptEntryError(f"stored version {version} of task {task!r} does not validate: {exc}",
                                     "version") from None
+
+    def refresh(self) -> dict[str, float]:
+        """Apply what other processes changed since the generation last applied: task -> seconds since its write.
+
+        Each changed task's manifest is swapped in by one reference assignment (requests already holding a
+        version finish on it); a replica that fell behind the window of recent changes re-reads them all.
+        """
+        current = self._read_generation()
+        changed = current.changed_since(self.generation)
+        if changed == {}:
+            return {}
+        now = time.time()
+        if changed is None:
+            changed = {path.stem: now for path in self._tasks.glob("*.json")} | {t: now for t in self._manifests}
+        for task in changed:
+            path = self._tasks / f"{task}.json"
+            try:
+                self._manifests[task] = self._read_manifest(path)
+            except FileNotFoundError:
+                self._manifests.pop(task, None)
+            except (OSError, ValueError) as exc:  # mid-repair or broken: keep what was served, say so
+                log.warning("registry %s: manifest %s unreadable on refresh, kept the version in memory: %s",
+                            self.root, path.name, exc)
+        self.generation = current.number
+        return {task: max(0.0, now - when) for task, when in changed.items()}
+
+    def _read_generation(self) -> Generation:
+        try:
+            return read_generation(self._generation_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("registry %s: unreadable generation file (%s): treating every manifest as changed", self.root,
+                        exc)
+            return Generation(self.generation + 1)
 
     # ------------------------------------------------------------------ writing
 
@@ -175,6 +214,7 @@ class AdapterRegistry:
                 (self._tasks / f"{task}.json").unlink(missing_ok=True)
                 fsync_dir(self._tasks)
                 self._manifests.pop(task, None)
+                self._bump(task)
             used = self._referenced_on_disk()
             for record in gone:
                 if record.sha256 not in used:
@@ -268,6 +308,12 @@ class AdapterRegistry:
         with _storage(f"writing the manifest of task {manifest.task!r}"):
             atomic_write(self._tasks / f"{manifest.task}.json", data, tmp_dir=self._tmp)
         self._manifests[manifest.task] = manifest  # the single reference swap readers observe
+        self._bump(manifest.task)
+
+    def _bump(self, task: str) -> None:
+        """Tell other processes that `task` changed (under the write lock, after the manifest is on disk)."""
+        with _storage("bumping the registry generation"):
+            bump(self._generation_file, task, self._tmp)
 
     def _scan(self, verify: bool) -> None:
         """Read every manifest; drop leftover temp files; with `verify`, hash-check every referenced blob."""

@@ -43,6 +43,11 @@ class ServerMetrics:
                                   ["reason"], registry=r)
         self.non_finite_outputs = Counter("adamix_non_finite_outputs_total", "Predict rows refused because the "
                                           "adapter computed a NaN or inf output for them.", registry=r)
+        self.registry_generation = Gauge("adamix_registry_generation", "The registry generation this replica has "
+                                         "applied (every write through any replica bumps it).", registry=r)
+        self.propagation_delay = Histogram("adamix_registry_propagation_seconds", "From a registry write (through "
+                                           "any replica) to this replica applying it.", buckets=_LATENCY_BUCKETS,
+                                           registry=r)
         self.keys_reloads = Counter("adamix_api_keys_reloads_total", "Reloads of the API keys file by result (ok, "
                                     "failed: the keys read before stay in force).", ["result"], registry=r)
         self.queue_depth = Gauge("adamix_queue_depth", "Requests waiting for a batch.", registry=r)

@@ -23,6 +23,7 @@ from server.auth import Principal
 from server.errors import (CLIENT_CLOSED, ClientClosedError, PayloadTooLargeError, RateLimitedError,
                            RequestTimeoutError, ServeError, ShuttingDownError, UnauthorizedError, error_response)
 from server.state import ServerState
+from server.uploads import declared_over
 
 log = logging.getLogger("adamix.server")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -100,8 +101,7 @@ class ServingMiddleware:
         s = self.state.settings
         too_large = PayloadTooLargeError(f"request body exceeds {s.max_request_bytes} bytes (setting "
                                          "max_request_bytes)", None, {"Connection": "close"})
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > s.max_request_bytes:
+        if declared_over(_header(scope, b"content-length"), s.max_request_bytes):
             raise too_large
         chunks, size, more = [], 0, True
         try:

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         "auto", description="Backbone and pool dtype; auto = float16 on cuda, float32 on cpu.")
     demo_adapters: Path | None = Field(DEMO_ADAPTERS_DIR, description="Adapters installed into a fresh registry.")
     verify_registry: bool = Field(True, description="Hash-check every stored blob at start-up.")
+    registry_poll_s: float = Field(1.0, gt=0, le=60, description="How often the registry's generation is checked "
+                                                                "for changes other replicas made (bounded staleness).")
 
     max_batch_rows: int = Field(64, ge=1, le=4096, description="Most input rows one backbone forward takes.")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits for more requests.")

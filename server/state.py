@@ -60,6 +60,7 @@ class ServerState:
         self.auth_failures = (None if not self.auth.enabled
                               else RateLimiter(settings.auth_failures_per_s, settings.auth_failures_burst))
         self._keys_watch: asyncio.Task | None = None
+        self._registry_watch: asyncio.Task | None = None
         self._metrics_server = None
         self.draining = False  # SIGTERM seen: refuse new requests, let accepted ones finish
         self.in_flight = 0  # accepted requests on non-public routes (the middleware counts them): the one count
@@ -95,6 +96,7 @@ class ServerState:
             await asyncio.to_thread(self._install_demo_adapters)
         await self._warm_tasks(pinned)
         self._watch_keys()
+        self._registry_watch = asyncio.create_task(self._poll_registry(), name="adamix-registry")
         if s.metrics_port is not None:
             self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, self.metrics.registry)
             log.info("metrics (unauthenticated) on %s:%d", s.metrics_host, s.metrics_port)
@@ -134,6 +136,21 @@ class ServerState:
         except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
             pass
 
+    async def _poll_registry(self) -> None:
+        """Apply the changes other replicas make to the shared registry, within registry_poll_s."""
+        self.metrics.registry_generation.set(self.registry.generation)
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            try:
+                changed = await asyncio.to_thread(self.registry.refresh)
+            except OSError as exc:  # a shared volume that hiccups: keep serving what is known, retry
+                log.warning("registry refresh failed: %s", exc)
+                continue
+            for task, delay in changed.items():
+                self.metrics.propagation_delay.observe(delay)
+                log.info("registry generation %d: task %r changed elsewhere", self.registry.generation, task)
+            self.metrics.registry_generation.set(self.registry.generation)
+
     def reload_keys(self, force: bool = False) -> None:
         try:
             if self.auth.reload(force):
@@ -145,8 +162,9 @@ class ServerState:
 
     async def stop(self) -> None:
         """Lifespan shutdown: drain (bounded by drain_timeout_s), then stop the engine."""
-        if self._keys_watch is not None:
-            self._keys_watch.cancel()
+        for watch in (self._keys_watch, self._registry_watch):
+            if watch is not None:
+                watch.cancel()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -13,6 +13,13 @@ from server.errors import InvalidInputError, PayloadTooLargeError, RequestTimeou
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
 
 
+def declared_over(content_length: str | None, limit: int) -> bool:
+    """Whether a Content-Length header declares more than `limit` bytes (any number of digits)."""
+    if content_length is None or not content_length.isdigit():
+        return False
+    return len(content_length) > 18 or int(content_length) > limit  # int() refuses 4,300+ digit strings
+
+
 def check_upload_headers(request: Request, limit: int) -> None:
     """Refuse by headers alone, before a byte of the body is read: wrong media type, declared size over `limit`."""
     media = request.headers.get("content-type", UPLOAD_MEDIA_TYPE).split(";")[0].strip().lower()
@@ -20,7 +27,7 @@ def check_upload_headers(request: Request, limit: int) -> None:
         raise UnsupportedMediaTypeError(f"send the raw .safetensors bytes as {UPLOAD_MEDIA_TYPE}, not {media}",
                                         "content-type")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(declared, limit):
         raise PayloadTooLargeError(f"adapter upload of {declared} bytes exceeds {limit} bytes (setting "
                                    "max_upload_bytes)", "body", {"Connection": "close"})
 

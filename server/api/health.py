@@ -21,7 +21,7 @@ async def healthz() -> dict:
 @access(PUBLIC)
 async def readyz(state: StateDep) -> dict:
     state.check_readiness()
-    return {"status": "ready", "tasks": len(state.registry)}
+    return {"status": "ready", "tasks": len(state.registry), "registry_problems": state.registry.problems}
 
 
 @router.get("/metrics", summary="Prometheus metrics (with API keys: a metrics or admin key)", response_class=Response)

@@ -199,3 +199,30 @@ def test_a_corrupt_manifest_is_moved_aside_never_overwritten_and_repair_recovers
     versions = [r.version for r in reopened.get("task").versions]
     assert set(versions) >= {v2.version, v3.version} and reopened.get("task").active == v3.version
     assert not list((tmp_path / "tasks").glob("*.corrupt-*"))
+
+
+def test_a_second_registry_on_the_directory_sees_every_change_on_refresh(tmp_path, tiny_loaded, blobs):
+    info = tiny_loaded[2]
+    a, b = AdapterRegistry(tmp_path, info), AdapterRegistry(tmp_path, info)
+    assert b.refresh() == {}  # nothing changed: one small read
+    v1 = a.publish("task", blobs[0])
+    assert set(b.refresh()) == {"task"} and b.get("task").active == v1.version
+    v2 = a.publish("task", blobs[1])
+    a.activate("task", v1.version)
+    delays = b.refresh()
+    assert set(delays) == {"task"} and all(0 <= d < 60 for d in delays.values())
+    assert b.get("task").active == v1.version and [r.version for r in b.get("task").versions] == [v1.version,
+                                                                                                  v2.version]
+    a.delete("task")
+    assert set(b.refresh()) == {"task"} and "task" not in b
+
+
+def test_a_replica_that_fell_behind_the_window_rereads_everything(tmp_path, tiny_loaded, blobs, monkeypatch):
+    import adamix.generation
+
+    monkeypatch.setattr(adamix.generation, "WINDOW", 2)
+    info = tiny_loaded[2]
+    a, b = AdapterRegistry(tmp_path, info), AdapterRegistry(tmp_path, info)
+    for i, name in enumerate(["one", "two", "three", "four"]):
+        a.publish(name, blobs[i % len(blobs)])
+    assert set(b.refresh()) == {"one", "two", "three", "four"} and b.tasks() == ["four", "one", "three", "two"]

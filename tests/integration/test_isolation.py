@@ -130,3 +130,14 @@ def test_a_revoked_key_stops_working_without_a_restart(tmp_path, server):
     else:
         pytest.fail("the revoked key still works 10 s later")
     assert httpx.post(url, json={"inputs": ["fine"]}, headers=ADMIN).status_code == 200
+
+
+def test_a_content_length_of_5000_digits_is_refused_not_crashed_on(server):
+    for path, extra in ((b"/v1/team-one/predict", b"Content-Type: application/json\r\n"),
+                        (b"/v1/adapters/team-big", b"Content-Type: application/octet-stream\r\n")):
+        method = b"PUT" if b"adapters" in path else b"POST"
+        head = (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"Authorization: Bearer amx_test_admin"
+                b"\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+        answer = _raw(server.port, head)
+        assert answer.split(b" ")[1] in (b"400", b"413"), answer[:200]  # uvicorn's parser, or our 413
+    assert " 500 " not in server.log() and "Traceback" not in server.log()
