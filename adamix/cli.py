@@ -11,7 +11,8 @@ COMMAND_GROUP = "adamix.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adamix", description="AdaMix Serve: train, serve and manage AdaMix adapters.")
+    parser = argparse.ArgumentParser(prog="adamix",
+                                     description="AdaMix Serve: train, serve and manage AdaMix adapters.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
     if not commands:

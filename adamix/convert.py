@@ -6,7 +6,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from adamix.adapter_file import HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, AdapterFile, AdapterFileError, check_tensors, tensor_key
+from adamix.adapter_file import (HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, AdapterFile, AdapterFileError, check_tensors,
+                                 tensor_key)
 from adamix.backbone import BackboneInfo
 from adamix.model import add_adamix, backbone_of, is_merged
 from adamix.task import AdaMixTaskModel, TaskSpec

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
                                                                        "past it 408.")
     max_connections: int | None = Field(
         1024, ge=1, description="Concurrent connections (and requests) beyond which new ones get 503 at once. "
-                                "Header-read timeouts are the fronting proxy's job (deploy/nginx).")
+                                "Header-read timeouts are the fronting proxy's job (e.g. nginx client_header_timeout).")
     drain_timeout_s: float = Field(30.0, ge=0, le=3600,
                                    description="On SIGTERM: /readyz turns 503 and new requests get 503 at once, "
                                                "accepted ones finish for at most this long before the server "

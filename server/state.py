@@ -223,7 +223,8 @@ class ServerState:
         key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
         return await self.cache.get(key)
 
-    async def predict(self, task: str, inputs: list[TextInput], tenant: str) -> tuple[ServedAdapter, list[torch.Tensor]]:
+    async def predict(self, task: str, inputs: list[TextInput], tenant: str
+                      ) -> tuple[ServedAdapter, list[torch.Tensor]]:
         """The task's active adapter and each input's logits (never a non-finite one)."""
         adapter = await self._resolve(task)
         logits = await self.engine.predict(adapter, inputs, tenant, self._charge(tenant))

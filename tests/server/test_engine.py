@@ -97,7 +97,8 @@ def test_small_pool_evicts_and_reloads_exactly(tiny_backbone_dir, zoo):
         rng = random.Random(seed)
         names = rng.sample(sorted(zoo), tight.executor.pool.num_slots)
         picks = [(n, rng.choice(PAIRS) if n == "pair" else rng.choice(TEXTS)) for n in names for _ in range(2)]
-        for got, want in zip(run_rows(tight, rows_for(tight, zoo, picks)), run_rows(roomy, rows_for(roomy, zoo, picks))):
+        tight_out, roomy_out = run_rows(tight, rows_for(tight, zoo, picks)), run_rows(roomy, rows_for(roomy, zoo, picks))
+        for got, want in zip(tight_out, roomy_out):
             assert_same(got, want)
     assert tight.executor.metrics.evictions.labels("device")._value.get() > 0
 
