@@ -23,7 +23,7 @@ from pathlib import Path
 DEMO_INPUTS = {
     "sst2": ["a gripping, funny and humane film", "the plot is thin and the jokes fall flat"],
     "cola": ["The book was written by John.", "Book the John written was by."],
-    "rte": [{"text": "A man is playing a guitar on stage.", "text_pair": "A man is performing music."}],
+    "qnli": [{"text": "Where is the Eiffel Tower?", "text_pair": "The Eiffel Tower is in Paris."}],
     "stsb": [{"text": "A man is playing a guitar.", "text_pair": "A person plays an instrument."}],
 }
 ROUNDS = 4
