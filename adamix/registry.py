@@ -313,7 +313,9 @@ class AdapterRegistry:
     def _bump(self, task: str) -> None:
         """Tell other processes that `task` changed (under the write lock, after the manifest is on disk)."""
         with _storage("bumping the registry generation"):
-            bump(self._generation_file, task, self._tmp)
+            new = bump(self._generation_file, task, self._tmp)
+        if new.number == self.generation + 1:  # nothing else happened in between: this replica is current
+            self.generation = new.number
 
     def _scan(self, verify: bool) -> None:
         """Read every manifest; drop leftover temp files; with `verify`, hash-check every referenced blob."""

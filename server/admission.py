@@ -79,7 +79,7 @@ class Admission:
                                     "per request", "inputs")
         for i, item in enumerate(inputs):
             if task.pair and item.text_pair is None:
-                raise InvalidInputError(f"task {adapter.key.task!r} classifies pairs: inputs[{i}] needs "
+                raise InvalidInputError(f"task {adapter.key.task!r} takes pairs: inputs[{i}] needs "
                                         '{"text": ..., "text_pair": ...}', f"inputs[{i}].text_pair")
             if not task.pair and item.text_pair is not None:
                 raise InvalidInputError(f"task {adapter.key.task!r} takes single texts: inputs[{i}].text_pair is "
