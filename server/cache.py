@@ -37,6 +37,9 @@ class HostCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[AdapterKey]:
+        return list(self._entries)
+
     @property
     def nbytes(self) -> int:
         return self._bytes

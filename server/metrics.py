@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import threading
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 OTHER_TASK = "_other"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -71,6 +75,27 @@ class ServerMetrics:
                 self._tasks.add(task)
                 return task
         return OTHER_TASK
+
+    def watch_residency(self, resident: Callable[[], dict[str, list[str]]]) -> None:
+        """Export `adamix_task_resident{tier,task}` at scrape time from `resident()` (tier -> resident tasks):
+        1 per task (the number of its resident versions), names past `max_tasks` summed under `_other`."""
+        metrics = self
+
+        class Residency(Collector):
+            def collect(self):
+                family = GaugeMetricFamily("adamix_task_resident", "Resident versions per task and tier (for "
+                                           "affinity routers); task names beyond metrics_max_tasks under _other.",
+                                           labels=["tier", "task"])
+                for tier, tasks in resident().items():
+                    counts: dict[str, int] = {}
+                    for task in tasks:
+                        label = metrics.task_label(task)
+                        counts[label] = counts.get(label, 0) + 1
+                    for label, n in sorted(counts.items()):
+                        family.add_metric([tier, label], n)
+                yield family
+
+        self.registry.register(Residency())
 
     def lookup(self, tier: str, hit: bool) -> None:
         self.cache_lookups.labels(tier).inc()

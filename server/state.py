@@ -87,6 +87,7 @@ class ServerState:
         self.metrics.registry_problems.set(len(self.registry.problems))
         self.engine = Engine(model, tokenizer, info, s, self.metrics)
         self.metrics.queue_depth.set_function(self.engine.queue_depth)
+        self.metrics.watch_residency(self._resident_tasks)
         pinned = set(s.pinned_tasks)
         self.cache = HostCache(self.registry, self.engine.limits, int(s.host_cache_mb * 2**20), self.metrics,
                                lambda key: key.task in pinned)
@@ -258,6 +259,16 @@ class ServerState:
 
     async def delete(self, task: str, version: str | None = None) -> None:
         await asyncio.to_thread(self.registry.delete, task, version)
+
+    def _resident_tasks(self) -> dict[str, list[str]]:
+        """Tier -> the tasks of its resident versions (read from the scrape thread: copies, retried if mutated)."""
+        for _ in range(3):
+            try:
+                return {"device": [k.task for k in list(self.engine.executor.pool.resident)],
+                        "host": [k.task for k in self.cache.keys()]}
+            except RuntimeError:  # changed size while copied
+                continue
+        return {}
 
     def residency(self, manifest: TaskManifest) -> str:
         if manifest.active is None:

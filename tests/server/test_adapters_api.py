@@ -143,6 +143,7 @@ def test_metrics_count_uploads_rejections_and_every_predict_status(client, files
                  'adamix_requests_total{status="401",task="_unauthenticated"} 1.0',  # not the name it sent
                  'adamix_requests_total{status="422",task="team-x"} 1.0',
                  'adamix_requests_total{status="200",task="team-x"} 1.0',
+                 'adamix_task_resident{task="team-x",tier="host"} 1.0',
                  "adamix_queue_depth 0.0", "adamix_requests_in_flight 0.0", "adamix_registry_problems 0.0"):
         assert line in text, line
 
