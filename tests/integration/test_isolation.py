@@ -141,3 +141,21 @@ def test_a_content_length_of_5000_digits_is_refused_not_crashed_on(server):
         answer = _raw(server.port, head)
         assert answer.split(b" ")[1] in (b"400", b"413"), answer[:200]  # uvicorn's parser, or our 413
     assert " 500 " not in server.log() and "Traceback" not in server.log()
+
+
+def test_a_client_that_hangs_up_is_counted_499_and_its_rows_never_reach_a_forward(tmp_path, start_server,
+                                                                                   versions):
+    server = start_server(tmp_path / "slow-reg", max_wait_ms=1000)  # a batch waits 1 s for company
+    assert httpx.put(f"{server.url}/v1/adapters/team-one", content=versions[0][1],
+                     headers={**ADMIN, **OCTET}).status_code == 201
+
+    def forwards() -> float:
+        return _metric(httpx.get(f"{server.url}/metrics", headers=ADMIN).text, "adamix_batch_size_count")
+
+    before = forwards()
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/team-one/predict", json={"inputs": ["gone"]}, headers=TENANT, timeout=0.3)
+    time.sleep(2)  # past the batch's max wait
+    metrics = httpx.get(f"{server.url}/metrics", headers=ADMIN).text
+    assert _metric(metrics, "adamix_requests_total", task="team-one", status="499") == 1
+    assert forwards() == before  # the abandoned row was dropped before any forward
