@@ -28,6 +28,12 @@ class Recorder:
         self.seconds = seconds
         self.tag: dict[int, str] = {}
 
+    def submit(self, batcher: Batcher, tenant: str, n: int = 64, task: str = "t", tokens: int = 100) -> asyncio.Task:
+        """`n` rows of `tokens` tokens from `tenant`, submitted in a task (tagged so batches show whose they are)."""
+        r = rows(n, task, tokens)
+        self.tag.update({id(x): tenant for x in r})
+        return asyncio.create_task(batcher.submit(r, tenant))
+
     async def __call__(self, batch_rows: list[Row]) -> list[torch.Tensor]:
         self.batches.append(sorted({self.tag[id(r)] for r in batch_rows}))
         await asyncio.sleep(self.seconds)
@@ -45,15 +51,9 @@ def test_one_tenants_backlog_delays_another_by_about_one_batch():
     async def main():
         batcher = make(recorder, max_tenant_queue_tokens=10**6)
         batcher.start()
-        hostile = []
-        for i in range(8):  # eight full-size requests: eight forwards of work
-            r = rows(64)
-            recorder.tag.update({id(x): "hostile" for x in r})
-            hostile.append(asyncio.create_task(batcher.submit(r, "hostile")))
+        hostile = [recorder.submit(batcher, "hostile") for _ in range(8)]  # eight forwards of work
         await asyncio.sleep(0)
-        victim_rows = rows(1, "other", 10)
-        recorder.tag[id(victim_rows[0])] = "victim"
-        victim = asyncio.create_task(batcher.submit(victim_rows, "victim"))
+        victim = recorder.submit(batcher, "victim", 1, "other", 10)
         await asyncio.gather(victim, *hostile)
         await batcher.stop()
 
@@ -68,13 +68,8 @@ def test_small_requests_of_several_tenants_share_batches_round_robin():
     async def main():
         batcher = make(recorder, max_batch_rows=4, max_inputs_per_request=4)
         batcher.start()
-        tasks = []
-        for tenant in ("a", "b"):
-            for _ in range(4):
-                r = rows(1, tokens=5)
-                recorder.tag[id(r[0])] = tenant
-                tasks.append(asyncio.create_task(batcher.submit(r, tenant)))
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*(recorder.submit(batcher, tenant, 1, tokens=5) for tenant in ("a", "b")
+                               for _ in range(4)))
         await batcher.stop()
 
     asyncio.run(main())
@@ -87,22 +82,14 @@ def test_a_tenant_over_its_queued_tokens_gets_429_and_others_still_get_in():
     async def main():
         batcher = make(recorder, max_tenant_queue_tokens=6400 * 2)
         batcher.start()
-        r = rows(64)
-        recorder.tag.update({id(x): "greedy" for x in r})
-        running = asyncio.create_task(batcher.submit(r, "greedy"))  # taken into the first batch at once
+        running = recorder.submit(batcher, "greedy")  # taken into the first batch at once
         await asyncio.sleep(0.05)
-        queued = []
-        for _ in range(2):  # 2 x 6,400 tokens: exactly the bound
-            r = rows(64)
-            recorder.tag.update({id(x): "greedy" for x in r})
-            queued.append(asyncio.create_task(batcher.submit(r, "greedy")))
+        queued = [recorder.submit(batcher, "greedy") for _ in range(2)]  # 2 x 6,400 tokens: exactly the bound
         await asyncio.sleep(0)
         with pytest.raises(TenantOverloadedError) as info:
             await batcher.submit(rows(1), "greedy")
         assert int(info.value.headers["Retry-After"]) >= 1
-        other = rows(1)
-        recorder.tag[id(other[0])] = "other"
-        await batcher.submit(other, "other")  # not refused: the bound is per tenant
+        await recorder.submit(batcher, "other", 1)  # not refused: the bound is per tenant
         await asyncio.gather(running, *queued)
         await batcher.stop()
 
@@ -114,13 +101,9 @@ def test_the_whole_queue_is_bounded_in_tokens():
         recorder = Recorder(seconds=0.3)
         batcher = make(recorder, max_queue_tokens=6400, max_tenant_queue_tokens=10**6)
         batcher.start()
-        first = rows(64)
-        recorder.tag.update({id(x): "a" for x in first})
-        running = asyncio.create_task(batcher.submit(first, "a"))
+        running = recorder.submit(batcher, "a")
         await asyncio.sleep(0.05)
-        r = rows(64)
-        recorder.tag.update({id(x): "b" for x in r})
-        waiting = asyncio.create_task(batcher.submit(r, "b"))
+        waiting = recorder.submit(batcher, "b")
         await asyncio.sleep(0)
         with pytest.raises(OverloadedError):
             await batcher.submit(rows(1), "c")
@@ -136,13 +119,9 @@ def test_requests_whose_clients_went_away_never_reach_a_forward():
     async def main():
         batcher = make(recorder)
         batcher.start()
-        first = rows(64)
-        recorder.tag.update({id(x): "busy" for x in first})
-        running = asyncio.create_task(batcher.submit(first, "busy"))
+        running = recorder.submit(batcher, "busy")
         await asyncio.sleep(0.05)
-        gone = rows(2)
-        recorder.tag.update({id(x): "gone" for x in gone})
-        abandoned = asyncio.create_task(batcher.submit(gone, "gone"))
+        abandoned = recorder.submit(batcher, "gone", 2)
         await asyncio.sleep(0)
         abandoned.cancel()  # what the middleware does when the client disconnects
         await running
