@@ -72,3 +72,45 @@ def test_concurrent_uploads_to_one_task_through_both_replicas_all_survive(tmp_pa
         same = infos[0]["active"] == infos[1]["active"] and len(infos[0]["versions"]) == len(infos[1]["versions"])
         return same and {v["version"] for v in infos[0]["versions"]} == set(created)
     _until(agree, "both replicas list all three versions and the same active one")
+
+
+def test_hot_swap_soak_across_replicas_fails_no_request(tmp_path, start_server, versions):
+    """Clients on both replicas while versions are swapped through either one: every answer is 200 and comes
+    from one of the uploaded versions."""
+    import random
+
+    registry = tmp_path / "reg"
+    replicas = [start_server(registry, registry_poll_s=0.2) for _ in range(2)]
+    uploaded = []
+    for (_, data), server in zip(versions[:2], replicas):
+        r = httpx.put(f"{server.url}/v1/adapters/team-s", content=data, headers={**ADMIN, **OCTET}, timeout=60)
+        uploaded.append(r.json()["version"])
+    _until(lambda: all(_served_version(s, "team-s") == uploaded[-1] for s in replicas), "both serve the last upload")
+    stop = threading.Event()
+    answers: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def client(server):
+        with httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/team-s/predict", json={"inputs": ["a fine film"]})
+                with lock:
+                    answers.append((r.status_code, r.json().get("version") if r.status_code == 200 else r.text))
+
+    clients = [threading.Thread(target=client, args=(s,)) for s in replicas for _ in range(2)]
+    for t in clients:
+        t.start()
+    rng = random.Random(0)
+    try:
+        for i in range(20):  # a swap through a random replica every 0.3 s
+            server = rng.choice(replicas)
+            r = httpx.post(f"{server.url}/v1/adapters/team-s/activate", json={"version": uploaded[i % 2]},
+                           headers=ADMIN, timeout=30)
+            assert r.status_code == 200, r.text
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
+    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    assert {version for _, version in answers} <= set(uploaded)
