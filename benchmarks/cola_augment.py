@@ -26,7 +26,6 @@ import hashlib
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 
 AGREE = {"is": "are", "are": "is", "was": "were", "were": "was", "has": "have", "have": "has",

@@ -19,7 +19,7 @@ from server.errors import UnservableAdapterError
 from server.executor import Executor
 from server.metrics import ServerMetrics
 from server.schemas import TextInput
-from server.served import AdapterKey, ServedAdapter, check_servable, prepare
+from server.served import AdapterKey, ServedAdapter, prepare
 from server.settings import Settings
 
 PROBE_TEXTS = ("a short probe", "A longer probe input, with punctuation, numbers (1, 2, 3) and CAPITALS!")
@@ -66,8 +66,7 @@ class Engine:
 
         Blocking: call it from a thread other than the event loop's (the registry's publish runs in one).
         """
-        check_servable(adapter, self.limits)
-        served = prepare(AdapterKey("probe", "probe"), adapter, self.limits)  # never a real version id
+        served = prepare(AdapterKey("probe", "probe"), adapter, self.limits)  # checks servability; never a real id
         inputs = [TextInput(text=t, text_pair=t if adapter.task.pair else None) for t in PROBE_TEXTS]
         logits = self.executor.call_blocking(self.executor.probe, self.admission.encode(served, inputs))
         headroom = self.limits.max_value ** 0.5  # what other inputs may add before an overflow

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adamix import (AdaMixConfig, AdaMixTaskModel, AdapterFile, BackboneInfo, TaskSpec, adapter_from_model,
-                    adapter_parameters, add_adamix, default_backbone_path, merge_adamix)
+                    adapter_parameters, add_adamix, merge_adamix)
 from adamix.adapter_file import adapter_to_bytes
 
 TEXTS = ["a gripping, funny and humane film", "the plot is thin and the acting worse", "it rains",
