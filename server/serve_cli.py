@@ -1,16 +1,23 @@
 """`adamix serve`: one flag per `Settings` field (generated, so the two never drift); flags override
-`ADAMIX_*` environment settings, which override the defaults. Runs uvicorn on `create_app`."""
+`ADAMIX_*` environment settings, which override the defaults. Runs uvicorn on `create_app`, or with
+`--engine ray` the same app in N Ray Serve replicas behind Ray's HTTP proxy (server/ray_serve.py)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
 
 from server.settings import Settings
 
+# Ray registers a node under the machine's interface address (and binds its listeners there) unless told
+# otherwise; this, read when `ray` is imported, keeps a private local Ray on 127.0.0.1.
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Shorter spellings kept alongside the generated `--<field>` flags.
 _ALIASES = {"api_keys_file": "--api-keys", "pinned_tasks": "--pin"}
 
@@ -26,6 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default = field.default_factory()
         help_ = f"{field.description or ''} (ADAMIX_{name.upper()}; default {default})".replace("%", "%%")
         p.add_argument(*flags, dest=name, help=help_, **_argument_kind(field.annotation))
+    ray = p.add_argument_group("Ray Serve (pip install 'adamix-serve[ray]')")
+    ray.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
+                     help="uvicorn: one process (default); ray: --replicas copies of the app behind Ray Serve's HTTP "
+                          "proxy on --host/--port, each task's requests routed to a replica that holds it")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="Ray Serve replicas (default 1)")
+    ray.add_argument("--ray-address", metavar="ADDRESS",
+                     help="join this Ray cluster (e.g. 10.0.0.5:6379 or auto), deploy or update the application and "
+                          "return: the cluster keeps running it (`serve status`, `serve shutdown`). Without it a "
+                          "private local Ray starts on 127.0.0.1 and runs until SIGTERM/SIGINT")
+    ray.add_argument("--ray-replica-cpus", type=float, default=1.0, metavar="CPUS",
+                     help="CPUs Ray reserves for each replica (default 1)")
     p.set_defaults(func=run)
 
 
@@ -72,8 +90,41 @@ def run(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         print(f"adamix serve: {exc}", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return run_ray(settings, args)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1.0, settings.drain_timeout_s),
                             limit_concurrency=settings.max_connections)
     DrainingServer(config, app.state.server).run()
+    return 0
+
+
+def run_ray(settings: Settings, args: argparse.Namespace) -> int:
+    if args.replicas < 1:
+        print("adamix serve: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    if settings.metrics_port is not None:
+        print("adamix serve: --metrics-port is per process; with --engine ray, scrape each replica through Ray's "
+              "metrics or /metrics with a metrics key", file=sys.stderr)
+        return 2
+    if args.ray_address is None:
+        os.environ.update(LOOPBACK_RAY_ENV)  # before `ray` is imported; inherited by the processes it starts
+    try:
+        from server import ray_serve
+    except ImportError as exc:
+        print(f"adamix serve: --engine ray needs Ray Serve: pip install 'adamix-serve[ray]' ({exc})", file=sys.stderr)
+        return 2
+    ray_serve.deploy(settings, args.replicas, args.ray_address, args.ray_replica_cpus)
+    print(f"adamix serve: {args.replicas} Ray Serve replica(s) on http://{settings.host}:{settings.port}", flush=True)
+    if args.ray_address is not None:
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    import ray
+    from ray import serve
+
+    serve.shutdown()  # each replica drains (graceful_shutdown_timeout_s = drain_timeout_s), then stops
+    ray.shutdown()
     return 0
