@@ -61,8 +61,9 @@ WORKDIR /home/adamix
 VOLUME ["/data"]
 EXPOSE 8000
 # Ready, not merely alive: /readyz answers 200 once the backbone and registry are loaded, 503 while draining.
+# It asks ADAMIX_HOST itself when the server listens on one address only (loopback when it listens on all).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('ADAMIX_PORT', '8000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; h = os.environ.get('ADAMIX_HOST', '0.0.0.0'); h = '127.0.0.1' if h in ('0.0.0.0', '::') else h; urllib.request.urlopen('http://%s:%s/readyz' % (h, os.environ.get('ADAMIX_PORT', '8000')), timeout=4)"]
 # SIGTERM starts a graceful drain: new requests get 503, queued ones finish.
 STOPSIGNAL SIGTERM
 # Every setting is an ADAMIX_* variable (see `adamix serve --help`); flags given here would override them.
