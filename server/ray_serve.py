@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse, Response
 
 from adamix.manifest import TASK_NAME
 from server.app import create_app
-from server.errors import (NotReadyError, OverloadedError, PayloadTooLargeError, RequestTimeoutError, ServeError,
-                           error_body)
+from server.errors import (ClientClosedError, NotReadyError, OverloadedError, PayloadTooLargeError,
+                           RequestTimeoutError, ServeError, error_body)
 from server.settings import Settings
 
 APP_NAME = "adamix"
@@ -172,7 +172,7 @@ class TaskRouter:
         except TimeoutError:
             return _error(RequestTimeoutError("the request body did not arrive in time"))
         except ClientDisconnect:
-            return Response(status_code=499)
+            return _error(ClientClosedError("the client closed the connection during the body"))
         forwarded = Forwarded(request.method, request.url.path, request.scope.get("query_string", b""),
                               list(request.scope["headers"]), body,
                               tuple(request.client) if request.client else None)
