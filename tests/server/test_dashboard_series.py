@@ -9,12 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from adamix.registry import AdapterRegistry
 from server.app import create_app
 from server.errors import rejection_reasons
 from server.metrics import UPLOAD_RESULTS
 from server.settings import Settings
-from tests.server.helpers import adapter_bytes, make_adapter, wait_ready
+from tests.server.helpers import tiny_registry, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "adamix-serve.json"
@@ -50,9 +49,7 @@ def matches(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> boo
 @pytest.fixture(scope="module")
 def first_scrape(tiny_backbone_dir, tiny_loaded, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
     """Sample name -> the label sets of its samples, from /metrics of a server that has answered no request."""
-    model, _, info = tiny_loaded
-    root = tmp_path_factory.mktemp("registry")
-    AdapterRegistry(root, info).publish("sent", adapter_bytes(make_adapter(model, info, r=4, seed=1)))
+    root = tiny_registry(tmp_path_factory.mktemp("registry"), tiny_loaded, "sent")
     with TestClient(create_app(Settings(backbone=tiny_backbone_dir, registry=root, demo_adapters=None))) as c:
         wait_ready(c)
         text = c.get("/metrics").text

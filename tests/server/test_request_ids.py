@@ -10,13 +10,12 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from adamix.registry import AdapterRegistry
 from server.app import create_app
 from server.auth import hash_key
 from server.logs import log_handler
 from server.request_context import request_id_from
 from server.settings import Settings
-from tests.server.helpers import adapter_bytes, make_adapter, wait_ready
+from tests.server.helpers import tiny_registry, wait_ready
 
 KEY = "amx_test_request_ids"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -25,10 +24,7 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory, tiny_loaded):
-    model, _, info = tiny_loaded
-    root = tmp_path_factory.mktemp("registry")
-    AdapterRegistry(root, info).publish("sent", adapter_bytes(make_adapter(model, info, r=4, seed=1)))
-    return root
+    return tiny_registry(tmp_path_factory.mktemp("registry"), tiny_loaded, "sent")
 
 
 def keys_file(path):

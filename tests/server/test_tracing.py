@@ -16,11 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind  # noqa: E402
 
-from adamix.registry import AdapterRegistry  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from server.tracing import Tracing, TracingUnavailableError, otlp_traces_url  # noqa: E402
-from tests.server.helpers import adapter_bytes, make_adapter, wait_ready  # noqa: E402
+from tests.server.helpers import tiny_registry, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -28,12 +27,7 @@ CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory, tiny_loaded):
-    model, _, info = tiny_loaded
-    root = tmp_path_factory.mktemp("registry")
-    reg = AdapterRegistry(root, info)
-    reg.publish("sent", adapter_bytes(make_adapter(model, info, r=4, seed=1)))
-    reg.publish("sts", adapter_bytes(make_adapter(model, info, r=3, seed=3, labels=())))
-    return root
+    return tiny_registry(tmp_path_factory.mktemp("registry"), tiny_loaded, "sent", "sts")
 
 
 @pytest.fixture(scope="module")
