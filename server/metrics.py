@@ -12,7 +12,8 @@ from prometheus_client.registry import Collector
 OTHER_TASK = "_other"
 UNKNOWN_TASK = "_unknown"  # a predict for a task the registry does not hold: client-chosen names never become labels
 UNAUTHENTICATED = "_unauthenticated"  # a predict without a valid key: never a name an unauthenticated client chose
-CACHE_TIERS = ("device", "host", "disk")  # where a lookup can hit; the disk tier never evicts
+CACHE_TIERS = ("device", "host", "disk")  # where a lookup can hit
+RESIDENT_TIERS = ("device", "host")  # what holds (and evicts) adapters; the disk holds them all
 UPLOAD_RESULTS = ("created", "unchanged", "invalid", "unservable", "too_large", "failed")
 KEYS_RELOAD_RESULTS = ("ok", "failed")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -48,8 +49,8 @@ class ServerMetrics:
         self.uploads = Counter("adamix_adapter_uploads_total", f"Adapter uploads by result ({', '.join(UPLOAD_RESULTS)}"
                                ").", ["result"], registry=r)
         self.rejections = Counter("adamix_rejections_total", "Requests refused before any work, by reason "
-                                  "(overloaded, rate_limited, shutting_down, too_large, unauthorized, forbidden).",
-                                  ["reason"], registry=r)
+                                  "(overloaded, tenant_overloaded, rate_limited, shutting_down, too_large, "
+                                  "body_timeout, unauthorized, forbidden).", ["reason"], registry=r)
         self.non_finite_outputs = Counter("adamix_non_finite_outputs_total", "Predict rows refused because the "
                                           "adapter computed a NaN or inf output for them.", registry=r)
         self.registry_generation = Gauge("adamix_registry_generation", "The registry generation this replica has "
@@ -77,7 +78,7 @@ class ServerMetrics:
         for tier in CACHE_TIERS:
             self.cache_lookups.labels(tier)
             self.cache_hits.labels(tier)
-        for tier in CACHE_TIERS[:2]:
+        for tier in RESIDENT_TIERS:
             self.evictions.labels(tier)
             self.resident.labels(tier)
             self.cache_bytes.labels(tier)
