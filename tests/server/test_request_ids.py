@@ -119,8 +119,9 @@ def test_every_line_logged_for_a_request_names_it_the_engines_too(client, json_l
     assert KEY not in json.dumps(lines) and "a fine film" not in json.dumps(lines)
 
 
-def test_a_client_that_leaves_is_logged_as_499_under_its_id(tiny_backbone_dir, registry_dir, json_log):
-    """A request queued for longer than its client stays: the 499 line carries the request's id."""
+def test_a_client_that_leaves_is_logged_as_499_and_a_draining_refusal_answered_under_its_id(tiny_backbone_dir, registry_dir, json_log):
+    """A request queued for longer than its client stays: the 499 line carries the request's id; once draining,
+    the 503 carries its id too."""
     settings = Settings(backbone=tiny_backbone_dir, registry=registry_dir, demo_adapters=None, max_wait_ms=800)
     app = create_app(settings)
     body = json.dumps({"inputs": ["left early"]}).encode()
@@ -143,6 +144,9 @@ def test_a_client_that_leaves_is_logged_as_499_under_its_id(tiny_backbone_dir, r
     with TestClient(app) as c:
         wait_ready(c)
         c.portal.call(app, scope, receive, send)
+        app.state.server.begin_drain()  # SIGTERM: the middleware refuses what comes next, under its id
+        r = c.post("/v1/sent/predict", json={"inputs": ["x"]}, headers={"X-Request-Id": "too-late"})
+        assert (r.status_code, r.headers["x-request-id"]) == (503, "too-late")
     assert sent == []  # no answer to a client that left
     gone = [line for line in json_log() if line.get("status") == 499]
     assert len(gone) == 1 and gone[0]["request_id"] == "gone-early" and gone[0]["task"] == "sent"
