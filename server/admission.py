@@ -14,6 +14,7 @@ Tokenisation runs on its own thread pool, off the event loop; nothing is padded 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class Admission:
         self.check(adapter, inputs)
         if self._threads is None:
             raise NotReadyError("the engine is not running", None)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self.encode, adapter, inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, contextvars.copy_context().run,
+                                                                self.encode, adapter, inputs)
 
     def check(self, adapter: ServedAdapter, inputs: list[TextInput]) -> None:
         """The request against the server's limits and the task's input shape, naming the offending field."""

@@ -11,6 +11,7 @@ from server.api import adapters, health, predict
 from server.deps import authorize
 from server.errors import install_error_handlers
 from server.middleware import ServingMiddleware
+from server.request_context import RequestContextMiddleware
 from server.settings import Settings
 from server.state import ServerState, __version__
 
@@ -18,9 +19,18 @@ DESCRIPTION = """One frozen backbone, many tasks: every request names its task, 
 tasks share one forward pass, each row computed with its own task's merged AdaMix adapter and head."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class AdaMixApp(FastAPI):
+    """FastAPI with the request context (id, span) outside every layer, Starlette's 500 handler included, so
+    every answer carries its X-Request-Id and every line logged for it names it."""
+
+    def build_middleware_stack(self):
+        return RequestContextMiddleware(super().build_middleware_stack(), self.state.server.tracing)
+
+
+def create_app(settings: Settings | None = None, tracer_provider=None) -> FastAPI:
+    """`tracer_provider`: an OpenTelemetry SDK provider to trace to (default: the settings' otlp_endpoint)."""
     settings = settings or Settings()
-    state = ServerState(settings)
+    state = ServerState(settings, tracer_provider)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,9 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
             await state.stop()
 
-    app = FastAPI(title="AdaMix Serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(authorize)],  # default-deny: every route declares its access policy
-                  redirect_slashes=False)  # no redirects: a Location built from the client's Host header, never
+    app = AdaMixApp(title="AdaMix Serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                    dependencies=[Depends(authorize)],  # default-deny: every route declares its access policy
+                    redirect_slashes=False)  # no redirects: a Location built from the client's Host header, never
     app.state.server = state
     app.add_middleware(ServingMiddleware, state=state)
     install_error_handlers(app)

@@ -8,7 +8,9 @@ to the front of the order. So one tenant's backlog delays another tenant's reque
 tasks freely, and holds at most as many adapter versions as the pool has free slots; what does not fit
 stays at the head of its queue for the next batch. Bounds, checked before any work is queued: the whole
 queue (requests and tokens: 503) and each tenant's queued tokens (429, that tenant alone). Requests whose
-clients went away are dropped before their forward.
+clients went away are dropped before their forward. While a batch runs, its log lines name the requests
+it serves (`server.request_context.serving_batch`); traced, each request's queue wait is a span, and the
+batch is one `adamix.forward` span linked to every request it serves (`server/tracing.py`).
 """
 from __future__ import annotations
 
@@ -18,14 +20,18 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from server.admission import Row
 from server.errors import NotReadyError, OverloadedError, TenantOverloadedError
 from server.metrics import ServerMetrics
+from server.request_context import current_request_id, serving_batch
 from server.settings import Settings
+from server.tracing import Tracing
 
 log = logging.getLogger("adamix.engine")
 QUANTUM_TOKENS = 512  # a tenant's deficit grows by this much per round-robin turn
@@ -38,14 +44,23 @@ class _Pending:
     cost: int  # tokens
     future: asyncio.Future
     enqueued: float
+    request_id: str | None = None
+    span_context: Any = None  # the request's span (a traced request): the batch's span links to it
+    queue_span: Any = None  # its wait for a batch (a traced request), ended when the batch starts or it leaves
+
+    def left_queue(self, _: object = None) -> None:
+        if self.queue_span is not None:
+            self.queue_span.end()
+            self.queue_span = None
 
 
 class Batcher:
     """`await submit(rows, tenant)` -> each row's logits, once a batch holding them has run through `run`."""
 
     def __init__(self, run: Callable[[list[Row]], Awaitable[list[torch.Tensor]]], key_limit: Callable[[], int],
-                 settings: Settings, metrics: ServerMetrics) -> None:
+                 settings: Settings, metrics: ServerMetrics, tracing: Tracing | None = None) -> None:
         self._run_rows = run
+        self.tracing = tracing or Tracing()
         self._key_limit = key_limit  # most distinct adapter versions in one batch
         self.settings = settings
         self.metrics = metrics
@@ -99,7 +114,13 @@ class Batcher:
     async def submit(self, rows: list[Row], tenant: str) -> list[torch.Tensor]:
         cost = sum(len(r.input_ids) for r in rows)
         self.check_capacity(tenant, cost)
-        pending = _Pending(rows, tenant, cost, asyncio.get_running_loop().create_future(), time.perf_counter())
+        key, tracing = rows[0].adapter.key, self.tracing
+        pending = _Pending(rows, tenant, cost, asyncio.get_running_loop().create_future(), time.perf_counter(),
+                           current_request_id(), tracing.current_span_context(),
+                           tracing.start_child_span("adamix.queue", {"adamix.task": key.task,
+                                                                     "adamix.version": key.version}))
+        if pending.queue_span is not None:
+            pending.future.add_done_callback(pending.left_queue)  # dropped or failed before its batch
         if not self._queues.get(tenant):
             self._queues[tenant] = deque()
             if tenant not in self._turns:
@@ -199,17 +220,35 @@ class Batcher:
         now = time.perf_counter()
         for p in batch:
             self.metrics.queue_duration.observe(now - p.enqueued)
-        try:
-            results = await self._run_rows([r for p in batch for r in p.rows])
-        except Exception as exc:  # one bad batch fails its requests, never the batcher
-            log.exception("batch of %d requests failed", len(batch))
-            _fail(batch, exc)
-            return
+            p.left_queue()
+        rows = [r for p in batch for r in p.rows]
+        keys = {r.adapter.key for r in rows}
+        ids = [p.request_id for p in batch if p.request_id is not None]
+        with serving_batch(ids):  # the lines logged for this batch, here or on the worker thread, name its requests
+            log.debug("batch: %d rows of %d requests, %d adapter versions, waited up to %.1f ms", len(rows),
+                      len(batch), len(keys), 1000 * (now - min(p.enqueued for p in batch)))
+            try:
+                with self._forward_span(batch, keys, ids):  # records a failure too
+                    results = await self._run_rows(rows)
+            except Exception as exc:  # one bad batch fails its requests, never the batcher
+                log.exception("batch of %d requests failed", len(batch))
+                _fail(batch, exc)
+                return
         start = 0
         for p in batch:
             if not p.future.done():
                 p.future.set_result(results[start:start + len(p.rows)])
             start += len(p.rows)
+
+    def _forward_span(self, batch: list[_Pending], keys: set, ids: list[str]):
+        """The batch's `adamix.forward` span (when tracing), linked to the span of each request it serves."""
+        if not self.tracing.enabled:
+            return nullcontext()
+        links = [(p.span_context, {"adamix.request_id": p.request_id or "", "adamix.task": p.rows[0].adapter.key.task,
+                                   "adamix.version": p.rows[0].adapter.key.version}) for p in batch]
+        return self.tracing.batch_span("adamix.forward", links, {
+            "adamix.batch.rows": self._rows(batch), "adamix.batch.requests": len(batch), "adamix.request_ids": ids,
+            "adamix.tasks": sorted({k.task for k in keys}), "adamix.versions": sorted({k.version for k in keys})})
 
 
 def _fail(pending: list[_Pending], exc: Exception) -> None:

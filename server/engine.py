@@ -21,6 +21,7 @@ from server.metrics import ServerMetrics
 from server.schemas import TextInput
 from server.served import AdapterKey, ServedAdapter, prepare
 from server.settings import Settings
+from server.tracing import Tracing
 
 PROBE_TEXTS = ("a short probe", "A longer probe input, with punctuation, numbers (1, 2, 3) and CAPITALS!")
 
@@ -29,13 +30,14 @@ class Engine:
     """One backbone, many tasks: `await predict(adapter, inputs)` -> one (C,) logits tensor per input."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, info: BackboneInfo, settings: Settings,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics, tracing: Tracing | None = None) -> None:
         backbone = backbone_of(model)
+        self.tracing = tracing or Tracing()
         self.admission = Admission(tokenizer, backbone, settings)
         self.executor = Executor(backbone, info.model_type, info.num_layers, info.hidden_size,
                                  tokenizer.pad_token_id or 0, settings, metrics)
         self.batcher = Batcher(lambda rows: self.executor.call(self.executor.run_batch, rows),
-                               self.executor.batch_key_limit, settings, metrics)
+                               self.executor.batch_key_limit, settings, metrics, self.tracing)
         self.limits = self.executor.limits
 
     async def start(self) -> None:
@@ -56,9 +58,14 @@ class Engine:
         `charge(rows, tokens)`, called once the cost is known and before anything is queued, may refuse it.
         """
         self.batcher.check_capacity(tenant)
-        rows = await self.admission.admit(adapter, inputs)
+        key = adapter.key
+        with self.tracing.child_span("adamix.admission", {"adamix.task": key.task, "adamix.version": key.version,
+                                                          "adamix.rows": len(inputs)}) as span:
+            rows = await self.admission.admit(adapter, inputs)
+            tokens = sum(len(r.input_ids) for r in rows)
+            span.set_attribute("adamix.tokens", tokens)
         if charge is not None:
-            charge(len(rows), sum(len(r.input_ids) for r in rows))
+            charge(len(rows), tokens)
         return await self.batcher.submit(rows, tenant)
 
     def check(self, adapter: AdapterFile) -> None:

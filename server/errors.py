@@ -132,6 +132,17 @@ class NotReadyError(ServeError):
     code = "not_ready"
 
 
+def rejection_reasons() -> list[str]:
+    """Every `adamix_rejections_total{reason}` label an error class declares (so each series starts at 0)."""
+    found, todo = set(), [ServeError]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.rejection is not None:
+            found.add(cls.rejection)
+    return sorted(found)
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict:
     return {"error": {"code": code, "message": message, "field": field}}
 

@@ -6,6 +6,7 @@ adapter: one backbone forward per length group, every forward under `torch.infer
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,16 +64,18 @@ class Executor:
         self._worker = None
 
     async def call(self, fn, *args):
-        """Run `fn(*args)` on the worker thread (the only thread that touches the pool)."""
+        """Run `fn(*args)` on the worker thread (the only thread that touches the pool), in the caller's context
+        (so what it logs names the caller's request or batch)."""
         if self._worker is None:
             raise NotReadyError("the engine is not running", None)
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, contextvars.copy_context().run, fn,
+                                                                *args)
 
     def call_blocking(self, fn, *args):
         """`call` from a thread that is not the event loop's (waits for the worker thread)."""
         if self._worker is None:
             raise NotReadyError("the engine is not running", None)
-        return self._worker.submit(fn, *args).result()
+        return self._worker.submit(contextvars.copy_context().run, fn, *args).result()
 
     def batch_key_limit(self) -> int:
         """Most distinct adapter versions one batch may hold: the slots not pinned."""
@@ -91,7 +94,10 @@ class Executor:
         self._observe_pool(len(slot_of), loaded, evicted, len(rows))
         slots = [slot_of[a.key] for a in adapters]
         out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
-        for group in length_groups([len(r.input_ids) for r in rows], self._forward_cost_tokens):
+        groups = length_groups([len(r.input_ids) for r in rows], self._forward_cost_tokens)
+        log.debug("forward: %d rows in %d length group(s); pool: %d adapter(s) loaded, %d evicted", len(rows),
+                  len(groups), len(loaded), len(evicted))
+        for group in groups:
             logits = self._forward([rows[i] for i in group], [slots[i] for i in group])  # (b, C_max)
             for j, i in enumerate(group):
                 out[i] = logits[j, :rows[i].adapter.num_outputs]  # (C,): the row's own task's columns

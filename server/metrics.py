@@ -10,6 +10,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 OTHER_TASK = "_other"
+UNKNOWN_TASK = "_unknown"  # a predict for a task the registry does not hold: client-chosen names never become labels
+UNAUTHENTICATED = "_unauthenticated"  # a predict without a valid key: never a name an unauthenticated client chose
+CACHE_TIERS = ("device", "host", "disk")  # where a lookup can hit
+RESIDENT_TIERS = ("device", "host")  # what holds (and evicts) adapters; the disk holds them all
+UPLOAD_RESULTS = ("created", "unchanged", "invalid", "unservable", "too_large", "failed")
+KEYS_RELOAD_RESULTS = ("ok", "failed")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -40,11 +46,11 @@ class ServerMetrics:
                                        registry=r)
         self.resident = Gauge("adamix_adapters_resident", "Adapters resident per tier.", ["tier"], registry=r)
         self.cache_bytes = Gauge("adamix_adapter_cache_bytes", "Bytes held per tier.", ["tier"], registry=r)
-        self.uploads = Counter("adamix_adapter_uploads_total", "Adapter uploads by result (created, unchanged, "
-                               "invalid, unservable, too_large, failed).", ["result"], registry=r)
+        self.uploads = Counter("adamix_adapter_uploads_total", f"Adapter uploads by result ({', '.join(UPLOAD_RESULTS)}"
+                               ").", ["result"], registry=r)
         self.rejections = Counter("adamix_rejections_total", "Requests refused before any work, by reason "
-                                  "(overloaded, rate_limited, shutting_down, too_large, unauthorized, forbidden).",
-                                  ["reason"], registry=r)
+                                  "(overloaded, tenant_overloaded, rate_limited, shutting_down, too_large, "
+                                  "body_timeout, unauthorized, forbidden).", ["reason"], registry=r)
         self.non_finite_outputs = Counter("adamix_non_finite_outputs_total", "Predict rows refused because the "
                                           "adapter computed a NaN or inf output for them.", registry=r)
         self.registry_generation = Gauge("adamix_registry_generation", "The registry generation this replica has "
@@ -65,6 +71,37 @@ class ServerMetrics:
         self._tasks: set[str] = set()
         self._max_tasks = max_tasks
         self._lock = threading.Lock()
+        self._init_known_labels()
+
+    def _init_known_labels(self) -> None:
+        """Every labelled series whose label values are known up front, at 0: a fresh server's dashboard has data."""
+        for tier in CACHE_TIERS:
+            self.cache_lookups.labels(tier)
+            self.cache_hits.labels(tier)
+        for tier in RESIDENT_TIERS:
+            self.evictions.labels(tier)
+            self.resident.labels(tier)
+            self.cache_bytes.labels(tier)
+        for result in UPLOAD_RESULTS:
+            self.uploads.labels(result)
+        for result in KEYS_RELOAD_RESULTS:
+            self.keys_reloads.labels(result)
+
+    def init_rejections(self, reasons: list[str]) -> None:
+        for reason in reasons:
+            self.rejections.labels(reason)
+
+    def init_requests(self, tasks: list[str], authenticated: bool) -> None:
+        """The request series of registered `tasks` (answered, failed, latency) and of the refusals every server
+        counts (an unknown task; without a valid key)."""
+        for task in tasks:
+            label = self.task_label(task)
+            for status in ("200", "500"):
+                self.requests.labels(label, status)
+            self.request_duration.labels(label)
+        self.requests.labels(UNKNOWN_TASK, "404")
+        if authenticated:
+            self.requests.labels(UNAUTHENTICATED, "401")
 
     def task_label(self, task: str) -> str:
         """`task` itself for the first `max_tasks` distinct names seen, `_other` after that."""

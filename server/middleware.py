@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.auth import Principal
 from server.errors import (CLIENT_CLOSED, ClientClosedError, PayloadTooLargeError, RateLimitedError,
                            RequestTimeoutError, ServeError, ShuttingDownError, UnauthorizedError, error_response)
+from server.metrics import UNAUTHENTICATED, UNKNOWN_TASK
+from server.request_context import annotate
 from server.state import ServerState
 from server.uploads import declared_over
 
@@ -73,8 +75,9 @@ class ServingMiddleware:
             else:
                 if not await _run_unless_client_leaves(self.app(scope, _replay(body), send_status), receive):
                     status[0] = CLIENT_CLOSED
+                    annotate(status=CLIENT_CLOSED)
                     log.info("%s %s: the client closed the connection before the answer (499); its work was "
-                             "dropped", scope["method"], path)
+                             "dropped", scope["method"], path, extra={"status": CLIENT_CLOSED})
         finally:
             state.in_flight -= counted
             state.metrics.in_flight.dec(counted)
@@ -128,11 +131,11 @@ class ServingMiddleware:
             return
         state, task = self.state, match.group(1)
         if scope.get(PRINCIPAL) is None:
-            label = "_unauthenticated"  # never a name an unauthenticated client chose
+            label = UNAUTHENTICATED
         elif state.registry is not None and task in state.registry:
             label = state.metrics.task_label(task)
         else:
-            label = "_unknown"  # client-chosen names never become labels
+            label = UNKNOWN_TASK
         state.metrics.requests.labels(label, str(status)).inc()
         if status == 200:
             state.metrics.request_duration.labels(label).observe(time.perf_counter() - start)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -74,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.auth import KeyFileError
     from server.drain import DrainingServer
+    from server.logs import configure_logging
+    from server.tracing import TracingUnavailableError
 
     try:
         settings = settings_from_args(args)
@@ -84,17 +85,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamix serve: --backbone {settings.backbone} is not a Hugging Face model directory (no config.json)",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except KeyFileError as exc:
+    except (KeyFileError, TracingUnavailableError) as exc:
         print(f"adamix serve: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     if args.engine == "ray":
         return run_ray(settings, args)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1.0, settings.drain_timeout_s),
-                            limit_concurrency=settings.max_connections)
+                            limit_concurrency=settings.max_connections, log_config=None)  # server/logs.py's
     DrainingServer(config, app.state.server).run()
     return 0
 

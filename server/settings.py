@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -87,9 +88,20 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Interface of the metrics_port listener.")
     metrics_max_tasks: int = Field(100, ge=1, description="Distinct `task` label values in metrics; rest 'other'.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines (the server's and uvicorn's): text, or json (one object a line: ts, level, "
+                            "logger, message, request_id, and task, version, status, duration_s where known).")
+    otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector (OTLP/HTTP) base URL, e.g. http://127.0.0.1:4318: traces of "
+                          "requests, admission, queue wait and batch forwards go to <url>/v1/traces (needs the otel "
+                          "extra). Unset: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no tracing.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.otlp_endpoint is None:
+            self.otlp_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint must be an http:// or https:// URL, got {self.otlp_endpoint!r}")
         if self.max_inputs_per_request is None:
             self.max_inputs_per_request = self.max_batch_rows
         if self.max_inputs_per_request > self.max_batch_rows:

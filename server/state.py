@@ -17,11 +17,13 @@ from adamix.registry import AdapterRegistry
 from server.auth import Authenticator, KeyFileError, RateLimiter
 from server.cache import HostCache
 from server.engine import Engine
-from server.errors import NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError
+from server.errors import NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError, rejection_reasons
 from server.metrics import ServerMetrics
+from server.request_context import annotate
 from server.schemas import TextInput
 from server.served import AdapterKey, ServedAdapter, prepare
 from server.settings import Settings
+from server.tracing import Tracing
 
 log = logging.getLogger("adamix.server")
 
@@ -46,9 +48,10 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
 class ServerState:
     """Built empty by the app; `start()` loads the backbone and registry in the background."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer_provider=None) -> None:
         self.settings = settings
         self.metrics = ServerMetrics(settings.metrics_max_tasks)
+        self.tracing = Tracing.from_settings(settings, tracer_provider, __version__)
         self.registry: AdapterRegistry | None = None
         self.cache: HostCache | None = None
         self.engine: Engine | None = None
@@ -59,6 +62,7 @@ class ServerState:
                              else RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
         self.auth_failures = (None if not self.auth.enabled
                               else RateLimiter(settings.auth_failures_per_s, settings.auth_failures_burst))
+        self.metrics.init_rejections(rejection_reasons())
         self._keys_watch: asyncio.Task | None = None
         self._registry_watch: asyncio.Task | None = None
         self._metrics_server = None
@@ -85,7 +89,7 @@ class ServerState:
         self.status = "reading the registry"
         self.registry = await asyncio.to_thread(AdapterRegistry, s.registry, info, s.verify_registry)
         self.metrics.registry_problems.set(len(self.registry.problems))
-        self.engine = Engine(model, tokenizer, info, s, self.metrics)
+        self.engine = Engine(model, tokenizer, info, s, self.metrics, self.tracing)
         self.metrics.queue_depth.set_function(self.engine.queue_depth)
         self.metrics.watch_residency(self._resident_tasks)
         pinned = set(s.pinned_tasks)
@@ -96,6 +100,7 @@ class ServerState:
         if self.registry.created:  # only a brand-new registry: deleting every task later must stay deleted
             await asyncio.to_thread(self._install_demo_adapters)
         await self._warm_tasks(pinned)
+        self.metrics.init_requests(self.registry.tasks(), self.auth.enabled)  # every panel has data at once
         self._watch_keys()
         self._registry_watch = asyncio.create_task(self._poll_registry(), name="adamix-registry")
         if s.metrics_port is not None:
@@ -149,6 +154,7 @@ class ServerState:
                 continue
             for task, delay in changed.items():
                 self.metrics.propagation_delay.observe(delay)
+                self.metrics.init_requests([task] if task in self.registry else [], self.auth.enabled)
                 log.info("registry generation %d: task %r changed elsewhere", self.registry.generation, task)
             self.metrics.registry_generation.set(self.registry.generation)
 
@@ -179,6 +185,7 @@ class ServerState:
         self.ready = False
         if self.engine is not None:
             await self.engine.stop()
+        self.tracing.shutdown()
 
     def begin_drain(self) -> None:
         """SIGTERM: /readyz turns 503 and new requests are refused; accepted ones go on."""
@@ -227,7 +234,9 @@ class ServerState:
     async def predict(self, task: str, inputs: list[TextInput], tenant: str
                       ) -> tuple[ServedAdapter, list[torch.Tensor]]:
         """The task's active adapter and each input's logits (never a non-finite one)."""
+        annotate(task=task)
         adapter = await self._resolve(task)
+        annotate(version=adapter.key.version)
         logits = await self.engine.predict(adapter, inputs, tenant, self._charge(tenant))
         for i, row in enumerate(logits):
             if not torch.isfinite(row).all():
@@ -249,15 +258,20 @@ class ServerState:
         One reference swap in the registry: requests already admitted keep the version they resolved.
         The parsed adapter goes straight into the host tier, so its first request reads nothing from disk.
         """
+        annotate(task=task)
         published = await asyncio.to_thread(self.registry.publish_file, task, path, self.engine.check)
+        annotate(version=published.record.version)
+        self.metrics.init_requests([task], self.auth.enabled)
         key = AdapterKey(task, published.record.version)
         self.cache.put(prepare(key, published.adapter, self.engine.limits))
         return published.record, published.created
 
     async def activate(self, task: str, version: str) -> VersionRecord:
+        annotate(task=task, version=version)
         return await asyncio.to_thread(self.registry.activate, task, version)
 
     async def delete(self, task: str, version: str | None = None) -> None:
+        annotate(task=task, version=version)
         await asyncio.to_thread(self.registry.delete, task, version)
 
     def _resident_tasks(self) -> dict[str, list[str]]:

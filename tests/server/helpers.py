@@ -39,6 +39,19 @@ def adapter_bytes(adapter: AdapterFile) -> bytes:
     return adapter_to_bytes(adapter)
 
 
+def tiny_registry(root: Path, loaded, *tasks: str) -> Path:
+    """A registry at `root` over the tiny backbone `loaded` (model, tokenizer, info) holding `tasks`, each of
+    "sent" (two-label classification, r=4) and "sts" (regression, r=3)."""
+    from adamix.registry import AdapterRegistry
+
+    model, _, info = loaded
+    kinds = {"sent": {"r": 4, "seed": 1}, "sts": {"r": 3, "seed": 3, "labels": ()}}
+    registry = AdapterRegistry(root, info)
+    for task in tasks:
+        registry.publish(task, adapter_bytes(make_adapter(model, info, **kinds[task])))
+    return root
+
+
 def wait_ready(client, timeout: float = 60.0) -> None:
     """Poll `/readyz` of an in-process app (FastAPI TestClient) until it answers 200."""
     deadline = time.monotonic() + timeout
