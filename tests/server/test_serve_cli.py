@@ -51,7 +51,8 @@ def test_every_setting_is_a_serve_flag_with_its_help():
 
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     flags = {a.dest: a for a in serve._actions if a.dest != "help"}
-    assert set(flags) - {"func"} == set(Settings.model_fields)
+    topology = {"engine", "replicas", "ray_address", "ray_replica_cpus"}  # how many processes, not app settings
+    assert set(flags) - {"func"} - topology == set(Settings.model_fields)
     for name, field in Settings.model_fields.items():
         assert f"ADAMIX_{name.upper()}" in flags[name].help and (field.description or "")[:20] in flags[name].help
     args = build_parser().parse_args(["serve", "--no-verify-registry", "--pin", "a", "--pin", "b",
