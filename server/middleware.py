@@ -26,7 +26,8 @@ from server.state import ServerState
 from server.uploads import declared_over
 
 log = logging.getLogger("adamix.server")
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                          "/v2/health/live", "/v2/health/ready"})
 PREDICT_PATH = re.compile(r"^/v1/([^/]*)/predict$")
 UPLOAD_PATH = re.compile(r"^/v1/adapters/[^/]*$")  # PUT streams its own body under max_upload_bytes
 PRINCIPAL = "adamix.principal"  # the scope key the routes read the caller from
@@ -61,7 +62,7 @@ class ServingMiddleware:
                 body = await self._read_body(scope, receive)
         except ServeError as exc:
             exc.headers.setdefault("Connection", "close")  # the body may be unread: never reuse this connection
-            await error_response(exc, state.metrics)(scope, receive, send_status)
+            await error_response(exc, state.metrics, path)(scope, receive, send_status)
             self._count(scope, match, status[0], start)
             return
         counted = path != "/metrics"  # a scrape is not work to drain (nor counted in what it reports)
