@@ -134,13 +134,14 @@ def model_metadata(name: str, versions: list[str], version: str, task: TaskSpec,
 
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRequest, list[TextInput]]:
     """The request (JSON, or JSON + binary tensor data) and its rows as the engine's inputs."""
-    header, binary = _split_body(body, header_length)
     try:
+        header, binary = _split_body(body, header_length)
         request = InferRequest.model_validate_json(header)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInputError(f"{where}: {first['msg']}", where) from None
+    except (InvalidInputError, ValidationError) as exc:
+        # A stale length: tritonclient writes it into the caller's headers dict, which a JSON request may reuse.
+        request, binary = _whole_body(body) if header_length is not None else (None, b"")
+        if request is None:
+            raise _as_input_error(exc) from None
     columns: dict[str, list[str]] = {}
     offset = 0
     for i, tensor in enumerate(request.inputs):
@@ -173,6 +174,23 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
     if pair is not None and len(pair) != len(text):
         raise InvalidInputError(f"inputs: 'text' has {len(text)} rows, 'text_pair' {len(pair)}", "inputs")
     return request, [TextInput(text=t, text_pair=None if pair is None else pair[j]) for j, t in enumerate(text)]
+
+
+def _as_input_error(exc: InvalidInputError | ValidationError) -> InvalidInputError:
+    if isinstance(exc, InvalidInputError):
+        return exc
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return InvalidInputError(f"{where}: {first['msg']}", where)
+
+
+def _whole_body(body: bytes) -> tuple[InferRequest | None, bytes]:
+    """The body as one JSON request without binary data, or None if it is not one."""
+    try:
+        request = InferRequest.model_validate_json(body)
+    except ValidationError:
+        return None, b""
+    return (None if any("binary_data_size" in t.parameters for t in request.inputs) else request), b""
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -10,11 +10,12 @@ import base64
 import struct
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.deps import ANY_KEY, TASK, PrincipalDep, ReadyStateDep, access
 from server.errors import InvalidInputError
+from server.middleware import TASK_SCOPE
 from server.schemas import TextInput
 from server.state import ServerState
 
@@ -84,9 +85,10 @@ class ModelList(BaseModel):
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS,
              summary="Embeddings (OpenAI-compatible) from an embedding task or the bare backbone")
 @access(ANY_KEY, rate_cost="inputs")
-async def embeddings(body: EmbeddingsRequest, state: ReadyStateDep, principal: PrincipalDep,
+async def embeddings(body: EmbeddingsRequest, state: ReadyStateDep, principal: PrincipalDep, request: Request,
                      response: Response) -> EmbeddingsResponse:
     """Unit-length (L2-normalised) embeddings; `usage` counts the tokens after truncation."""
+    request.scope[TASK_SCOPE] = body.model  # counted under it (if known) in adamix_requests_total
     state.require_access(principal, body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     outcome = await state.predict(body.model, [TextInput(text=t) for t in texts], principal.name,

@@ -312,3 +312,30 @@ def test_the_docs_show_every_surface(client):
         assert path in spec["paths"], path
     text = json.dumps(spec)
     assert "all-MiniLM-L6-v2" in text and "binary_data_size" in text
+
+
+def test_a_stale_header_length_on_a_json_request_is_read_as_json(client):
+    """tritonclient writes Inference-Header-Content-Length into the caller's headers dict; a reused dict
+    then sends a stale length with a plain JSON request."""
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a fine film"]}]})
+    for stale in ("40", "100000"):
+        r = client.post("/v2/models/sent/infer", content=body,
+                        headers={**ADMIN, "Inference-Header-Content-Length": stale})
+        assert r.status_code == 200, r.text
+        assert outputs_of(r.json())["label"][1] == [native(client, "sent", ["a fine film"])["predictions"][0]["label"]]
+
+
+def test_every_surface_is_counted_under_its_task(setup):
+    client, info, _, _ = setup
+
+    def count(task: str) -> float:
+        for line in client.get("/metrics", headers=ADMIN).text.splitlines():
+            if line.startswith(f'adamix_requests_total{{status="200",task="{task}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = {t: count(t) for t in ("emb", "sent", info.name)}
+    client.post("/v1/embeddings", json={"model": "emb", "input": "x"}, headers=ADMIN)
+    oip_infer(client, "sent", {"text": ["x"]})
+    client.post("/v1/embeddings", json={"model": info.name, "input": "x"}, headers=ADMIN)
+    assert {t: count(t) - before[t] for t in before} == {"emb": 1, "sent": 1, info.name: 1}
