@@ -99,17 +99,15 @@ class Executor:
             pooled, logits = self._forward([rows[i] for i in group], [slots[i] for i in group])  # (b, d), (b, C_max)
             for j, i in enumerate(group):
                 out[i] = logits[j, :rows[i].adapter.num_outputs]  # (C,): the row's own task's columns
-            embedding_rows = [j for j, i in enumerate(group) if rows[i].adapter.embedding]
-            for j, vector in zip(embedding_rows, self._embed([rows[group[j]] for j in embedding_rows],
-                                                             pooled[embedding_rows] if embedding_rows else None)):
-                out[group[j]] = vector
+            at = [j for j, i in enumerate(group) if rows[i].adapter.embedding]  # embedding rows' places in the group
+            if at:
+                for j, vector in zip(at, self._embed([rows[group[j]] for j in at], pooled[at])):
+                    out[group[j]] = vector
         return out
 
     @staticmethod
-    def _embed(rows: list[Row], pooled: torch.Tensor | None) -> list[torch.Tensor]:
+    def _embed(rows: list[Row], pooled: torch.Tensor) -> list[torch.Tensor]:
         """Embedding rows' (n, d) pooled states -> each row's (p,) unit vector, one projection per task version."""
-        if not rows:
-            return []
         out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
         by_adapter: dict[int, list[int]] = {}
         for j, row in enumerate(rows):
