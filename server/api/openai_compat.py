@@ -131,6 +131,7 @@ async def list_models(state: ReadyStateDep, principal: PrincipalDep) -> ModelLis
 @router.get("/v1/models/{task}", response_model=Model, responses=_ERRORS, summary="One model (OpenAI-compatible)")
 @access(TASK)
 async def get_model(task: str, state: ReadyStateDep, principal: PrincipalDep) -> Model:
-    if not state.is_backbone(task):
-        state.registry.get(task).active_record  # 404 for an unknown task or one without an active version
-    return next(m for m in _models(state, principal) if m.id == task)
+    found = [m for m in _models(state, principal) if m.id == task]
+    if not found:
+        state.registry.get(task).active_record  # raises: 404 for an unknown task or one with no active version
+    return found[0]
