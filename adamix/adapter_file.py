@@ -1,4 +1,4 @@
-"""The adapter file (format version 1; see docs/adapter-format.md): write, read and validate.
+"""The adapter file (format version 3; see docs/adapter-format.md): write, read and validate.
 
 Safetensors only: the header is bounded and parsed by hand before any tensor is read; every key,
 shape, dtype and value is checked; nothing is ever unpickled.
@@ -24,8 +24,10 @@ from adamix.model import ARCHITECTURES, _fused_mask, site_names
 from adamix.task import TaskSpec
 
 FORMAT_NAME = "adamix-adapter"
-FORMAT_VERSION = 2  # written; read: 1 and 2 (2 adds the task type pair_regression)
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # written; read: 1, 2 (adds pair_regression) and 3 (adds embedding and task.embedding_dim)
+READ_VERSIONS = (1, 2, 3)
+# The task types each version added: a file of an older version holding one is refused.
+_TASK_TYPE_SINCE = {"pair_regression": 2, "embedding": 3}
 MAX_HEADER_BYTES = 1 << 20
 MAX_METADATA_BYTES = 64 << 10
 MAX_FILE_BYTES = 256 << 20
@@ -96,7 +98,7 @@ class AdapterFile:
 
     @property
     def head(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(weight (C, d), bias (C,)) of the task head; None for a task without one."""
+        """(weight (C, d), bias (C,)) of the task head (an embedding task's projection); None without one."""
         if HEAD_WEIGHT not in self.tensors:
             return None
         return self.tensors[HEAD_WEIGHT], self.tensors[HEAD_BIAS]
@@ -293,14 +295,17 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
         raise AdapterFileError(f"metadata.backbone sizes out of range: {b}", "backbone")
     info = BackboneInfo(**b)
     t = _require(meta["task"], dict, "task")
-    task_fields = {"type", "labels", "pooling", "max_seq_len"}
+    task_fields = {"type", "labels", "pooling", "max_seq_len"} | ({"embedding_dim"} if version >= 3 else set())
     if set(t) != task_fields:
-        raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)}, got {sorted(t)}", "task")
+        raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)} in format_version {version}, got "
+                               f"{sorted(t)[:8]}", "task")
     labels = tuple(_require(t["labels"], list, "task.labels"))
-    if version == 1 and t["type"] == "pair_regression":
-        raise AdapterFileError("metadata.task.type 'pair_regression' needs format_version 2", "task.type")
+    since = _TASK_TYPE_SINCE.get(t["type"]) if isinstance(t["type"], str) else None
+    if since is not None and version < since:
+        raise AdapterFileError(f"metadata.task.type {t['type']!r} needs format_version {since}", "task.type")
     try:
-        task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"])
+        task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"],
+                        embedding_dim=t.get("embedding_dim"))
     except (ValueError, TypeError) as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")

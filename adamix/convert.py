@@ -66,7 +66,8 @@ def task_model_from_adapter(backbone: nn.Module, adapter: AdapterFile) -> AdaMix
     with torch.no_grad():
         for name, key in params.items():
             base.get_parameter(name).copy_(adapter.tensors[key])
-        head_weight, head_bias = adapter.head
-        model.head.weight.copy_(head_weight)
-        model.head.bias.copy_(head_bias)
+        if adapter.head is not None:  # an embedding task without a projection has no head
+            head_weight, head_bias = adapter.head
+            model.head.weight.copy_(head_weight)
+            model.head.bias.copy_(head_bias)
     return model.eval()

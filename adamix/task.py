@@ -1,29 +1,35 @@
-"""A task model: frozen backbone (+ AdaMix modules) -> pooling -> linear task head."""
+"""A task model: frozen backbone (+ AdaMix modules) -> pooling -> linear task head (or, for an embedding
+task, an optional linear projection, then L2 normalisation)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adamix.backbone import hidden_size_of
 
-TaskType = Literal["classification", "pair_classification", "regression", "pair_regression", "generation"]
+TaskType = Literal["classification", "pair_classification", "regression", "pair_regression", "embedding",
+                   "generation"]
 Pooling = Literal["mean", "cls", "pooler", "last"]
-TASK_TYPES = ("classification", "pair_classification", "regression", "pair_regression", "generation")
+TASK_TYPES = ("classification", "pair_classification", "regression", "pair_regression", "embedding", "generation")
 MAX_LABEL_CHARS = 128
+MAX_EMBEDDING_DIM = 8192
 POOLINGS = ("mean", "cls", "pooler", "last")
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task is: its type, label names (one per head row), pooling and max sequence length."""
+    """What a task is: its type, label names (one per head row), pooling, max sequence length and, for an
+    embedding task with a projection, the projection's output size."""
 
     type: TaskType
     labels: tuple[str, ...] = ()
     pooling: Pooling = "mean"
     max_seq_len: int = 128
+    embedding_dim: int | None = None  # embedding tasks: the projection's rows; None = no projection (size d)
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -41,10 +47,18 @@ class TaskSpec:
         if not isinstance(self.max_seq_len, int) or isinstance(self.max_seq_len, bool) \
                 or not 1 <= self.max_seq_len <= 8192:
             raise ValueError(f"TaskSpec.max_seq_len must be an integer in [1, 8192], got {self.max_seq_len!r}")
+        dim = self.embedding_dim
+        if dim is not None and (self.type != "embedding" or not isinstance(dim, int) or isinstance(dim, bool)
+                                or not 1 <= dim <= MAX_EMBEDDING_DIM):
+            raise ValueError(f"TaskSpec.embedding_dim must be None, or for an embedding task an integer in "
+                             f"[1, {MAX_EMBEDDING_DIM}], got {ascii(dim)[:40]} for a {self.type} task")
 
     @property
     def num_outputs(self) -> int:
-        """Head rows: one per label, 1 for regression, 0 (no head) for generation."""
+        """Head rows: one per label, 1 for regression, the projection's rows for embedding (0 without one),
+        0 (no head) for generation."""
+        if self.type == "embedding":
+            return self.embedding_dim or 0
         return 1 if self.regression else 0 if self.type == "generation" else len(self.labels)
 
     @property
@@ -72,6 +86,12 @@ def _shown(labels: tuple) -> str:
     return ascii(labels[:8])[:300] + (" ..." if len(labels) > 8 else "")
 
 
+def embedding_of(pooled: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """(B, d) pooled states -> (B, p) unit-length embeddings, through the (p, d) weight, (p,) bias projection if any."""
+    out = pooled if projection is None else F.linear(pooled, *projection)  # (B, p)
+    return F.normalize(out, p=2.0, dim=-1)  # (B, p): L2 norm 1 (a zero vector stays zero)
+
+
 def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
                 pooler_output: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, d) token states -> (B, d) per the task's pooling (token pooling; nothing to do with adapter pools)."""
@@ -91,7 +111,10 @@ def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
 
 
 class AdaMixTaskModel(nn.Module):
-    """Backbone -> pooled state -> dropout -> `head` (Linear d -> num_outputs). Logits are (B, C)."""
+    """Backbone -> pooled state -> dropout -> `head` (Linear d -> num_outputs). Logits are (B, C).
+
+    An embedding task: pooled state -> `head` (the projection, Linear d -> embedding_dim, or none) -> L2
+    normalisation; no dropout. Embeddings are (B, p)."""
 
     def __init__(self, backbone: nn.Module, task: TaskSpec, head_dropout: float = 0.1) -> None:
         super().__init__()
@@ -100,9 +123,10 @@ class AdaMixTaskModel(nn.Module):
         self.backbone = backbone
         self.task = task
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(hidden_size_of(backbone.config), task.num_outputs)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = nn.Linear(hidden_size_of(backbone.config), task.num_outputs) if task.num_outputs else None
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def base_model(self) -> nn.Module:
@@ -114,4 +138,6 @@ class AdaMixTaskModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = pool_states(out.last_hidden_state, attention_mask, self.task.pooling,
                       getattr(out, "pooler_output", None))  # (B, d)
+        if self.task.type == "embedding":
+            return embedding_of(pooled, None if self.head is None else (self.head.weight, self.head.bias))  # (B, p)
         return self.head(self.dropout(pooled))  # (B, C)

@@ -214,8 +214,8 @@ async def main(args: argparse.Namespace) -> None:
 
         async def in_process(i: int, task: str, inputs: list) -> None:
             text = [TextInput(text=x) if isinstance(x, str) else TextInput(**x) for x in inputs]
-            adapter, logits = await state.predict(task, text, f"client{i}")
-            predictions(adapter.task, logits)  # shaped as the route does
+            outcome = await state.predict(task, text, f"client{i}")
+            predictions(outcome.adapter.task, outcome.outputs)  # shaped as the route does
 
         rows = {"in-process": [], "http": []}
         sides = (("in-process", in_process, time.process_time), ("http", via_http, lambda: process_cpu(proc.pid)))

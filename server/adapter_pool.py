@@ -170,10 +170,11 @@ class AdapterPool:
                 a[slot, :r] = weights.A  # (k, in)
                 bt[slot, :r] = (adapter.lora_scaling * weights.B).T  # (k, out)
             ranks[name] = r
-        n = adapter.num_outputs
-        head_w, head_b = adapter.head
-        self.head_w[slot, :n] = head_w  # (C, d)
-        self.head_b[slot, :n] = head_b
+        n = adapter.num_outputs  # 0 for an embedding task: its projection is applied after the pool's heads
+        if n:
+            head_w, head_b = adapter.head
+            self.head_w[slot, :n] = head_w  # (C, d)
+            self.head_b[slot, :n] = head_b
         self.slot_ranks[slot] = ranks
         self.slot_outputs[slot] = n
         self.slot_pooling[slot] = adapter.task.pooling

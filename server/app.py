@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from server.api import adapters, health, predict
+from server.api import adapters, health, oip, openai_compat, predict
 from server.deps import authorize
 from server.errors import install_error_handlers
 from server.middleware import ServingMiddleware
@@ -51,6 +51,6 @@ def create_app(settings: Settings | None = None, tracer_provider=None) -> FastAP
     app.state.server = state
     app.add_middleware(ServingMiddleware, state=state)
     install_error_handlers(app)
-    for module in (predict, adapters, health):
+    for module in (predict, adapters, health, openai_compat, oip):
         app.include_router(module.router)
     return app

@@ -26,7 +26,8 @@ def get_ready_state(request: Request) -> ServerState:
 
 def access(policy: str, rate_cost: str = "request"):
     """Mark an endpoint's access policy: PUBLIC, ADMIN, TASK (key must cover the `task` path parameter),
-    ANY_KEY (any valid key; the route filters what it shows), METRICS (a metrics or admin key; public
+    ANY_KEY (any valid key; the route filters what it shows, or checks a task named in the body with
+    `ServerState.require_access`), METRICS (a metrics or admin key; public
     when no keys are configured). `rate_cost="inputs"`: the route charges the rate limit itself, in the
     setting rate_limit_unit (rows or tokens); otherwise one request here."""
     if policy not in (PUBLIC, ADMIN, TASK, ANY_KEY, METRICS) or rate_cost not in ("request", "inputs"):
@@ -53,7 +54,7 @@ async def authorize(request: Request) -> None:
     if policy == ADMIN:
         principal.require_admin()
     elif policy == TASK:
-        principal.require_task(request.path_params["task"])
+        state.require_access(principal, request.path_params["task"])
     elif policy == METRICS:
         principal.require_metrics()
     charged_by_route = getattr(endpoint, "adamix_rate_cost", "request") == "inputs"

@@ -1,8 +1,13 @@
 """The one place that maps errors to HTTP: the server's own errors, the table for the domain errors of
-`adamix` (registry, adapter file), and one JSON error shape.
+`adamix` (registry, adapter file), and how each protocol renders an error.
 
-Every error a client sees is `{"error": {"code": str, "message": str, "field": str | null}}`; the
-stack trace stays in the server log.
+An error is (status, code, message, field), decided once here; each surface only renders it in its own
+shape (`ERROR_SHAPES`, chosen by the request's path):
+    native  `{"error": {"code": str, "message": str, "field": str | null}}`
+    openai  `{"error": {"message": str, "type": str, "param": str | null, "code": str}}` (/v1/embeddings, /v1/models)
+    oip     `{"error": str}` (Open Inference Protocol v2, /v2/...)
+The status code and headers (Retry-After, WWW-Authenticate) are the same on every surface; the stack
+trace stays in the server log.
 """
 from __future__ import annotations
 
@@ -147,6 +152,42 @@ def error_body(code: str, message: str, field: str | None = None) -> dict:
     return {"error": {"code": code, "message": message, "field": field}}
 
 
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 429: "rate_limit_error"}  # other 4xx: invalid_request_error; 5xx: server_error
+_OPENAI_PARAMS = {"inputs": "input", "task": "model"}  # our field names -> the OpenAI request's
+
+
+def _openai_body(status: int, code: str, message: str, field: str | None) -> dict:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if field is not None:
+        head, sep, rest = field.partition("[")
+        field = _OPENAI_PARAMS.get(head, head) + sep + rest
+    return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+
+
+ERROR_SHAPES = {
+    "native": lambda status, code, message, field: error_body(code, message, field),
+    "openai": _openai_body,
+    "oip": lambda status, code, message, field: {"error": message},
+}
+OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
+
+
+def protocol_of(path: str) -> str:
+    """Which surface a request path belongs to, so its errors come in that surface's shape."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oip"
+    if path in OPENAI_PATHS or path.startswith("/v1/models/"):
+        return "openai"
+    return "native"
+
+
+def render_error(path: str, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error as the surface of `path` shows it: same status and headers everywhere, its own body shape."""
+    return JSONResponse(ERROR_SHAPES[protocol_of(path)](status, code, message, field), status, headers=headers)
+
+
 def _field_of(loc: tuple) -> str:
     """('body', 'inputs', 3, 'text') -> 'inputs[3].text'."""
     parts = [p for p in loc if p not in ("body", "path", "query")]
@@ -183,39 +224,40 @@ def as_serve_error(exc: ServeError | RegistryError | AdapterFileError) -> ServeE
     return error
 
 
-def error_response(exc: ServeError, metrics) -> JSONResponse:
-    """The one rendering of a deliberate error (also an ASGI app, so the middleware answers with it too)."""
+def error_response(exc: ServeError, metrics, path: str = "") -> JSONResponse:
+    """The response to a deliberate error on `path` (also an ASGI app, so the middleware answers with it too)."""
     if exc.rejection is not None:
         metrics.rejections.labels(exc.rejection).inc()
-    return JSONResponse(error_body(exc.code, exc.message, exc.field), exc.status_code, headers=exc.headers)
+    return render_error(path, exc.status_code, exc.code, exc.message, exc.field, exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def _deliberate(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(as_serve_error(exc), request.app.state.server.metrics)
+        return error_response(as_serve_error(exc), request.app.state.server.metrics, request.url.path)
 
     for error_type in DELIBERATE_ERRORS:
         app.add_exception_handler(error_type, _deliberate)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         field = _field_of(tuple(first.get("loc", ())))
         message = f"{field}: {first.get('msg', 'invalid value')}"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more error(s))"
-        return JSONResponse(error_body("invalid_input", message, field), 422)
+        return render_error(request.url.path, 422, "invalid_input", message, field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
         if exc.status_code == 400:  # a body FastAPI could not parse at all (e.g. JSON nested too deep)
-            return JSONResponse(error_body("invalid_input", f"body: {exc.detail} (malformed or too deeply nested "
-                                           "JSON)", "body"), 422)
+            return render_error(path, 422, "invalid_input", f"body: {exc.detail} (malformed or too deeply nested "
+                                "JSON)", "body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+        return render_error(path, exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error; see the server log"), 500)
+        return render_error(request.url.path, 500, "internal_error", "internal server error; see the server log")

@@ -1,7 +1,10 @@
 """The executor: the one worker thread that owns the backbone and the adapter pool (the device tier).
 
-`run_batch(rows)` takes rows of any tasks and returns each row's logits, computed with only that row's
-adapter: one backbone forward per length group, every forward under `torch.inference_mode`.
+`run_batch(rows)` takes rows of any tasks and returns each row's output, computed with only that row's
+adapter: logits for classification and regression rows, a unit-length embedding for embedding rows (the
+pooled state through the task's projection, if any, then L2-normalised; in float32 on the CPU, so an
+embedding row's answer does not depend on what else shares its batch). One backbone forward per length
+group, every forward under `torch.inference_mode`.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
-from adamix.task import pool_states
+from adamix.task import embedding_of, pool_states
 from server.adapter_pool import AdapterPool, install_pool_sites, pool_site_specs
 from server.admission import Row
 from server.errors import NotReadyError
@@ -84,7 +87,8 @@ class Executor:
     # ------------------------------------------------------------------ on the worker thread
 
     def run_batch(self, rows: list[Row]) -> list[torch.Tensor]:
-        """Rows of any tasks -> each row's (C,) float32 logits on the CPU; row i uses only row i's adapter.
+        """Rows of any tasks -> each row's (C,) float32 logits, or (p,) embedding, on the CPU; row i uses only
+        row i's adapter.
 
         On CPU the rows are split by length into a few forwards when that saves more padded tokens than
         the extra forwards cost (see `length_groups`).
@@ -98,19 +102,37 @@ class Executor:
         log.debug("forward: %d rows in %d length group(s); pool: %d adapter(s) loaded, %d evicted", len(rows),
                   len(groups), len(loaded), len(evicted))
         for group in groups:
-            logits = self._forward([rows[i] for i in group], [slots[i] for i in group])  # (b, C_max)
+            pooled, logits = self._forward([rows[i] for i in group], [slots[i] for i in group])  # (b, d), (b, C_max)
             for j, i in enumerate(group):
                 out[i] = logits[j, :rows[i].adapter.num_outputs]  # (C,): the row's own task's columns
+            at = [j for j, i in enumerate(group) if rows[i].adapter.embedding]  # embedding rows' places in the group
+            if at:
+                for j, vector in zip(at, self._embed([rows[group[j]] for j in at], pooled[at])):
+                    out[group[j]] = vector
         return out
 
-    def _forward(self, rows: list[Row], slots: list[int]) -> torch.Tensor:
-        """One backbone forward: (b,) rows -> (b, C_max) float32 logits on the CPU."""
+    @staticmethod
+    def _embed(rows: list[Row], pooled: torch.Tensor) -> list[torch.Tensor]:
+        """Embedding rows' (n, d) pooled states -> each row's (p,) unit vector, one projection per task version."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+        by_adapter: dict[int, list[int]] = {}
+        for j, row in enumerate(rows):
+            by_adapter.setdefault(id(row.adapter), []).append(j)
+        for idx in by_adapter.values():
+            vectors = embedding_of(pooled[idx], rows[idx[0]].adapter.projection)  # (k, p)
+            for j, vector in zip(idx, vectors):
+                out[j] = vector
+        return out
+
+    def _forward(self, rows: list[Row], slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone forward: (b,) rows -> (b, d) pooled states and (b, C_max) logits, float32 on the CPU."""
         input_ids, attention_mask, token_types = self._pad(rows)
         kwargs = {} if token_types is None else {"token_type_ids": token_types}
         with torch.inference_mode(), self.pool.batch(slots) as plan:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             pooled = self._pool_rows(out, attention_mask, slots)  # (b, d)
-            return self.pool.heads(pooled, plan).float().cpu()  # (b, C_max)
+            logits = self.pool.heads(pooled, plan).float().cpu() if plan.num_outputs else torch.empty(len(rows), 0)
+            return pooled.float().cpu(), logits  # (b, d), (b, C_max)
 
     def warmup(self) -> None:
         """One forward with no adapter, so the first request does not pay for lazy initialisation."""

@@ -28,10 +28,13 @@ from server.state import ServerState
 from server.uploads import declared_over
 
 log = logging.getLogger("adamix.server")
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-PREDICT_PATH = re.compile(r"^/v1/([^/]*)/predict$")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                          "/v2/health/live", "/v2/health/ready"})
+# Every surface's predict: native, OIP infer (task in the path), OpenAI embeddings (the route names it, TASK_SCOPE).
+PREDICT_PATH = re.compile(r"^/v1/([^/]*)/predict$|^/v2/models/([^/]*)(?:/versions/[^/]*)?/infer$|^/v1/embeddings$")
 UPLOAD_PATH = re.compile(r"^/v1/adapters/[^/]*$")  # PUT streams its own body under max_upload_bytes
 PRINCIPAL = "adamix.principal"  # the scope key the routes read the caller from
+TASK_SCOPE = "adamix.task"  # the scope key a route whose task is in the body names it under, for the count
 
 
 class ServingMiddleware:
@@ -63,7 +66,7 @@ class ServingMiddleware:
                 body = await self._read_body(scope, receive)
         except ServeError as exc:
             exc.headers.setdefault("Connection", "close")  # the body may be unread: never reuse this connection
-            await error_response(exc, state.metrics)(scope, receive, send_status)
+            await error_response(exc, state.metrics, path)(scope, receive, send_status)
             self._count(scope, match, status[0], start)
             return
         counted = path != "/metrics"  # a scrape is not work to drain (nor counted in what it reports)
@@ -129,10 +132,10 @@ class ServingMiddleware:
     def _count(self, scope: Scope, match: re.Match | None, status: int, start: float) -> None:
         if match is None:
             return
-        state, task = self.state, match.group(1)
+        state, task = self.state, match.group(1) or match.group(2) or scope.get(TASK_SCOPE)
         if scope.get(PRINCIPAL) is None:
             label = UNAUTHENTICATED
-        elif state.registry is not None and task in state.registry:
+        elif state.registry is not None and (task in state.registry or state.is_backbone(task)):
             label = state.metrics.task_label(task)
         else:
             label = UNKNOWN_TASK

@@ -7,7 +7,10 @@ from adamix import TaskSpec
 
 
 def predictions(task: TaskSpec, logits: list[torch.Tensor]) -> list[dict]:
-    """One prediction dict per (C,) logits row: softmax over the task's own labels, or the regression value."""
+    """One prediction dict per output row: softmax over the task's own labels, the regression value, or the
+    embedding (already unit length)."""
+    if task.type == "embedding":
+        return [{"embedding": row.tolist()} for row in logits]
     if task.regression:
         return [{"value": float(row[0])} for row in logits]
     probs = torch.softmax(torch.stack(logits), dim=-1).tolist()  # (n, C)

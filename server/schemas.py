@@ -39,6 +39,7 @@ class Prediction(BaseModel):
     score: float | None = Field(None, description="Classification: the probability of `label`.")
     scores: dict[str, float] | None = Field(None, description="Classification: every label's probability.")
     value: float | None = Field(None, description="Regression: the predicted value.")
+    embedding: list[float] | None = Field(None, description="Embedding: the L2-normalised vector.")
 
 
 class PredictResponse(BaseModel):

@@ -37,12 +37,18 @@ class ServedAdapter:
     rank: int  # the largest bottleneck / LoRA rank over its sites
     sites: dict[str, AdapterWeights | LoRAWeights]  # adapted layer -> merged weights
     lora_scaling: float | None  # alpha / r for LoRA sites
-    head: tuple[torch.Tensor, torch.Tensor]  # (C, d) weight, (C,) bias
+    head: tuple[torch.Tensor, torch.Tensor] | None  # (C, d) weight, (C,) bias; None for an embedding task
     nbytes: int
+    projection: tuple[torch.Tensor, torch.Tensor] | None = None  # embedding: (p, d) weight, (p,) bias, or None
 
     @property
     def num_outputs(self) -> int:
-        return self.task.num_outputs
+        """Head rows in the adapter pool: the task's label count (1 for regression), 0 for an embedding task."""
+        return 0 if self.embedding else self.task.num_outputs
+
+    @property
+    def embedding(self) -> bool:
+        return self.task.type == "embedding"
 
 
 def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
@@ -50,7 +56,7 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
     task = adapter.task
     if task.type == "generation":
         raise UnservableAdapterError("generation adapters are not served by /predict", "task.type")
-    if task.num_outputs > limits.max_labels:
+    if task.type != "embedding" and task.num_outputs > limits.max_labels:
         raise UnservableAdapterError(f"task has {task.num_outputs} labels, this server serves at most "
                                      f"{limits.max_labels} (setting max_labels)", "task.labels")
     if adapter.rank > limits.max_rank:
@@ -77,5 +83,12 @@ def _served_values(adapter: AdapterFile):
 def prepare(key: AdapterKey, adapter: AdapterFile, limits: ServingLimits) -> ServedAdapter:
     """Check `adapter` against `limits` and parse what serving it needs."""
     check_servable(adapter, limits)
-    return ServedAdapter(key, adapter.task, adapter.rank, adapter.sites(), adapter.lora_scaling, adapter.head,
-                         adapter.nbytes())
+    embedding = adapter.task.type == "embedding"
+    return ServedAdapter(key, adapter.task, adapter.rank, adapter.sites(), adapter.lora_scaling,
+                         None if embedding else adapter.head, adapter.nbytes(), adapter.head if embedding else None)
+
+
+def bare_backbone(name: str, version: str, max_seq_len: int) -> ServedAdapter:
+    """The backbone itself as an embedding model: no adapter sites, mean pooling, L2-normalised."""
+    task = TaskSpec("embedding", (), "mean", min(max_seq_len, 8192))
+    return ServedAdapter(AdapterKey(name, version), task, 0, {}, None, None, 0)

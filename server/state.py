@@ -7,21 +7,23 @@ import signal
 import time
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from prometheus_client import start_http_server
 
-from adamix import AdapterFileError, load_backbone
-from adamix.manifest import RegistryError, TaskManifest, VersionRecord
+from adamix import AdapterFileError, BackboneInfo, load_backbone
+from adamix.manifest import InvalidTaskNameError, RegistryError, TaskManifest, VersionNotFoundError, VersionRecord
 from adamix.registry import AdapterRegistry
-from server.auth import Authenticator, KeyFileError, RateLimiter
+from server.auth import Authenticator, KeyFileError, Principal, RateLimiter
 from server.cache import HostCache
 from server.engine import Engine
-from server.errors import NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError, rejection_reasons
+from server.errors import (InvalidInputError, NonFiniteOutputError, NotReadyError, ServeError, ShuttingDownError,
+                           rejection_reasons)
 from server.metrics import ServerMetrics
 from server.request_context import annotate
 from server.schemas import TextInput
-from server.served import AdapterKey, ServedAdapter, prepare
+from server.served import AdapterKey, ServedAdapter, bare_backbone, prepare
 from server.settings import Settings
 from server.tracing import Tracing
 
@@ -45,6 +47,14 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return getattr(torch, setting)
 
 
+class Outcome(NamedTuple):
+    """What one predict computed: the adapter version that served it, each input's output, the tokens it cost."""
+
+    adapter: ServedAdapter
+    outputs: list[torch.Tensor]  # per input: (C,) logits, or (p,) unit-length embedding
+    tokens: int  # after truncation, special tokens included
+
+
 class ServerState:
     """Built empty by the app; `start()` loads the backbone and registry in the background."""
 
@@ -55,6 +65,8 @@ class ServerState:
         self.registry: AdapterRegistry | None = None
         self.cache: HostCache | None = None
         self.engine: Engine | None = None
+        self.backbone: BackboneInfo | None = None
+        self.backbone_model: ServedAdapter | None = None  # the bare backbone, served as an embedding model
         self.ready = False
         self.status = "loading the backbone"
         self.auth = Authenticator.from_file(settings.api_keys_file)
@@ -90,6 +102,8 @@ class ServerState:
         self.registry = await asyncio.to_thread(AdapterRegistry, s.registry, info, s.verify_registry)
         self.metrics.registry_problems.set(len(self.registry.problems))
         self.engine = Engine(model, tokenizer, info, s, self.metrics, self.tracing)
+        self.backbone = info
+        self.backbone_model = bare_backbone(info.name, info.fingerprint[:16], self.engine.admission.max_len)
         self.metrics.queue_depth.set_function(self.engine.queue_depth)
         self.metrics.watch_residency(self._resident_tasks)
         pinned = set(s.pinned_tasks)
@@ -118,7 +132,7 @@ class ServerState:
         """Make the pinned tasks (kept resident) and a few others resident, and run each once."""
         for task in dict.fromkeys([*self.settings.pinned_tasks, *self.registry.tasks()[:4]]):
             try:
-                adapter = await self._resolve(task)
+                adapter = await self.resolve(task)
                 probe = TextInput(text="warm up", text_pair="warm up" if adapter.task.pair else None)
                 await self.engine.predict(adapter, [probe], "_warm_up")
             except (ServeError, RegistryError) as exc:
@@ -227,30 +241,57 @@ class ServerState:
         if self.draining:
             raise ShuttingDownError("the server is shutting down", None, {"Retry-After": "1"})
 
-    async def _resolve(self, task: str) -> ServedAdapter:
-        key = AdapterKey(task, self.registry.get(task).active_record.version)  # the version is fixed here
-        return await self.cache.get(key)
+    def is_backbone(self, task: str) -> bool:
+        """`task` names the bare backbone (served as an embedding model under its own name)."""
+        return self.backbone_model is not None and task == self.backbone_model.key.task
 
-    async def predict(self, task: str, inputs: list[TextInput], tenant: str
-                      ) -> tuple[ServedAdapter, list[torch.Tensor]]:
-        """The task's active adapter and each input's logits (never a non-finite one)."""
+    def require_access(self, principal: Principal, task: str) -> None:
+        """The one tenant ACL check of every surface: the key must cover the task (any key may use the backbone)."""
+        if not self.is_backbone(task):
+            principal.require_task(task)
+
+    async def resolve(self, task: str, version: str | None = None) -> ServedAdapter:
+        """The served adapter of `task`: its active version, or `version` pinned (canaries, reproducible runs)."""
+        if self.is_backbone(task):
+            if version not in (None, self.backbone_model.key.version):
+                raise VersionNotFoundError(f"the backbone {task!r} has one version, "
+                                           f"{self.backbone_model.key.version!r}, not {version!r}", "version")
+            return self.backbone_model
+        manifest = self.registry.get(task)
+        record = manifest.active_record if version is None else manifest.record(version)
+        return await self.cache.get(AdapterKey(task, record.version))  # the version is fixed here
+
+    async def predict(self, task: str, inputs: list[TextInput], tenant: str, version: str | None = None,
+                      task_types: tuple[str, ...] | None = None) -> Outcome:
+        """Each input's output from the task's active (or pinned) version; never a non-finite one.
+
+        `task_types`: the task types the calling surface serves (e.g. /v1/embeddings: embedding only)."""
         annotate(task=task)
-        adapter = await self._resolve(task)
+        adapter = await self.resolve(task, version)
         annotate(version=adapter.key.version)
-        logits = await self.engine.predict(adapter, inputs, tenant, self._charge(tenant))
-        for i, row in enumerate(logits):
+        if task_types is not None and adapter.task.type not in task_types:
+            raise InvalidInputError(f"task {task!r} is a {adapter.task.type} task; this route serves "
+                                    f"{' or '.join(task_types)} tasks", "task")
+        cost = [0]
+        outputs = await self.engine.predict(adapter, inputs, tenant, self._charge(tenant, cost))
+        for i, row in enumerate(outputs):
             if not torch.isfinite(row).all():
                 self.metrics.non_finite_outputs.inc()
                 raise NonFiniteOutputError(f"task {task!r} (version {adapter.key.version}) computed a non-finite "
                                            f"output for inputs[{i}]; no prediction is made up for it", f"inputs[{i}]")
-        return adapter, logits
+        return Outcome(adapter, outputs, cost[0])
 
-    def _charge(self, tenant: str):
-        """The rate limit in rows or tokens (`rate_limit_unit`), once a request's cost is known."""
+    def _charge(self, tenant: str, cost: list[int]):
+        """Records the request's tokens in `cost`, and charges the rate limit in rows or tokens
+        (`rate_limit_unit`), once a request's cost is known."""
         unit = self.settings.rate_limit_unit
-        if self.rate_limiter is None or unit == "requests":
-            return None
-        return lambda rows, tokens: self.rate_limiter.take(tenant, rows if unit == "rows" else tokens, unit)
+        limited = self.rate_limiter is not None and unit != "requests"
+
+        def charge(rows: int, tokens: int) -> None:
+            if limited:
+                self.rate_limiter.take(tenant, rows if unit == "rows" else tokens, unit)
+            cost[0] = tokens
+        return charge
 
     async def upload(self, task: str, path: Path) -> tuple[VersionRecord, bool]:
         """Validate the uploaded file against the backbone and this server's limits, store it, activate it.
@@ -259,6 +300,10 @@ class ServerState:
         The parsed adapter goes straight into the host tier, so its first request reads nothing from disk.
         """
         annotate(task=task)
+        if self.is_backbone(task):
+            path.unlink(missing_ok=True)
+            raise InvalidTaskNameError(f"task name {task!r} is the backbone's own name (served as an embedding "
+                                       "model); choose another", "task")
         published = await asyncio.to_thread(self.registry.publish_file, task, path, self.engine.check)
         annotate(version=published.record.version)
         self.metrics.init_requests([task], self.auth.enabled)

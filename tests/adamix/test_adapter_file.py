@@ -194,7 +194,7 @@ BAD_CONTAINER = [
 
 BAD_METADATA = [
     ("format-name", "format", "safetensors-lora", "format", "must be 'adamix-adapter'"),
-    ("format-version-3", "format_version", 3, "format_version", "3 is not supported"),
+    ("format-version-4", "format_version", 4, "format_version", "4 is not supported"),
     ("format-version-huge", "format_version", 10 ** 40, "format_version", "not supported"),
     ("format-version-string", "format_version", "1", "format_version", "not supported"),
     ("extra-metadata-key", "signature", "abc", "metadata", "metadata keys must be"),
@@ -219,6 +219,8 @@ BAD_METADATA = [
     ("task-type", "task.type", "ranking", "task", "TaskSpec.type"),
     ("task-pooling", "task.pooling", "max", "task", "TaskSpec.pooling"),
     ("task-extra-field", "task.prompt", "hi", "task", "task keys must be"),
+    ("task-embedding-dim-missing", "task.embedding_dim", DELETE, "task", "task keys must be"),
+    ("embedding-dim-for-classification", "task.embedding_dim", 2, "task", "TaskSpec.embedding_dim"),
     ("max-seq-len-zero", "task.max_seq_len", 0, "task", "TaskSpec.max_seq_len"),
     ("max-seq-len-bool", "task.max_seq_len", True, "task", "TaskSpec.max_seq_len"),
     ("provenance-not-object", "provenance", "synthetic", "provenance", "must be a dict"),
@@ -260,12 +262,78 @@ def test_bad_metadata_is_refused(good, name, path, value, field, match):
     _assert_refused(_with_meta(good, path, value), field, match)
 
 
-def test_version_1_files_are_still_read_but_cannot_hold_version_2_task_types(good):
-    assert read_adapter_bytes(_with_meta(good, "format_version", 1)).task == good.task
-    v1_pair = _with_meta(AdapterFile(good.config, good.backbone, TaskSpec("pair_regression"),
-                                     {**good.tensors, "head.weight": good.tensors["head.weight"][:1],
-                                      "head.bias": good.tensors["head.bias"][:1]}), "format_version", 1)
-    _assert_refused(v1_pair, "task.type", "needs format_version 2")
+def _as_version(adapter: AdapterFile, version: int) -> bytes:
+    """The adapter's file as an older writer wrote it: that format_version, no task.embedding_dim before 3."""
+    meta = json.loads(json.dumps(adapter.metadata()))
+    meta["format_version"] = version
+    if version < 3:
+        del meta["task"]["embedding_dim"]
+    return _file(adapter.tensors, meta)
+
+
+def test_version_1_and_2_files_are_still_read_but_cannot_hold_later_task_types(good):
+    assert read_adapter_bytes(_as_version(good, 1)).task == good.task
+    assert read_adapter_bytes(_as_version(good, 2)).task == good.task
+    pair = AdapterFile(good.config, good.backbone, TaskSpec("pair_regression"),
+                       {**good.tensors, "head.weight": good.tensors["head.weight"][:1],
+                        "head.bias": good.tensors["head.bias"][:1]})
+    _assert_refused(_as_version(pair, 1), "task.type", "needs format_version 2")
+    assert read_adapter_bytes(_as_version(pair, 2)).task == pair.task
+    embedding = build_embedding_adapter(None)[0]
+    _assert_refused(_as_version(embedding, 2), "task.type", "needs format_version 3")
+    _assert_refused(_with_meta(embedding, "format_version", 2), "task", "task keys must be")  # v3 keys in a v2 file
+
+
+# ---------------------------------------------------------------- embedding tasks (format version 3)
+
+def build_embedding_adapter(dim: int | None, model_type: str = "bert"):
+    """(adapter file, merged model) of an embedding task: no head, or a (dim, d) projection."""
+    backbone = tiny_backbone(model_type)
+    task = TaskSpec("embedding", (), pooling="mean", embedding_dim=dim)
+    model = add_adamix(AdaMixTaskModel(backbone, task), AdaMixConfig(kind="adapter", bottleneck=8))
+    perturb_adapters(model)
+    merge_adamix(model.eval())
+    return adapter_from_model(model, backbone_info(backbone, f"tiny-{model_type}"), task), model
+
+
+@pytest.mark.parametrize("dim", [None, 5])
+def test_embedding_adapters_round_trip_to_unit_vectors(tmp_path, dim):
+    adapter, model = build_embedding_adapter(dim)
+    assert (adapter.head is None) == (dim is None) and adapter.metadata()["format_version"] == 3
+    path = tmp_path / "e.safetensors"
+    write_adapter_file(path, adapter)
+    loaded = read_adapter_file(path, backbone=adapter.backbone)
+    assert loaded.task == adapter.task and set(loaded.tensors) == set(adapter.tensors)
+    served = task_model_from_adapter(tiny_backbone("bert"), loaded)
+    inputs = make_inputs()
+    with torch.no_grad():
+        out, expected = served(**inputs), model(**inputs)
+    assert out.shape == (3, dim or 32) and torch.equal(out, expected)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-6)
+
+
+BAD_EMBEDDING_METADATA = [
+    ("dim-zero", "task.embedding_dim", 0, "task", r"in \[1, 8192\]"),
+    ("dim-huge", "task.embedding_dim", 10 ** 30, "task", "embedding_dim"),
+    ("dim-bool", "task.embedding_dim", True, "task", "embedding_dim"),
+    ("dim-string", "task.embedding_dim", "5", "task", "embedding_dim"),
+    ("dim-disagrees-with-projection", "task.embedding_dim", 6, "head.weight", r"shape \[6, 32\]"),
+    ("projection-dropped", "task.embedding_dim", None, "head.bias", "unexpected tensor key"),
+    ("labels-on-embedding", "task.labels", ["a", "b"], "task", "must be empty for embedding"),
+]
+
+
+@pytest.mark.parametrize("name, path, value, field, match", BAD_EMBEDDING_METADATA,
+                         ids=[c[0] for c in BAD_EMBEDDING_METADATA])
+def test_hostile_embedding_metadata_is_refused(name, path, value, field, match):
+    adapter, _ = build_embedding_adapter(5)
+    _assert_refused(_with_meta(adapter, path, value), field, match)
+
+
+def test_an_embedding_file_without_projection_may_not_carry_head_tensors():
+    adapter, _ = build_embedding_adapter(None)
+    _assert_refused(_with_tensors(adapter, head__weight=torch.zeros(3, 32), head__bias=torch.zeros(3)), "head.bias",
+                    "unexpected tensor key")
 
 
 @pytest.mark.parametrize("header", [b"[" * 200_000 + b"]" * 200_000, b'{"a": ' + b"9" * 5000 + b"}"],

@@ -35,6 +35,14 @@ def test_minilm_serves_mixed_tasks_exactly(tmp_path):
                 with torch.no_grad():
                     probs = torch.softmax(offline(**tokenizer(text, return_tensors="pt"))[0], -1)
                 assert list(got["scores"].values()) == pytest.approx(probs.tolist(), abs=1e-5)
+        # the bare backbone, under its own name: a drop-in sentence-embedding server
+        texts = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply."]
+        r = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": texts})
+        assert r.status_code == 200, r.text
+        vectors = torch.tensor([d["embedding"] for d in r.json()["data"]])  # (3, 384)
+        assert vectors.shape == (3, 384) and torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
+        similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+        assert similar > 0.4 > unrelated, (similar, unrelated)
 
 
 def test_shipped_demo_adapters_install_and_serve_like_offline(tmp_path):

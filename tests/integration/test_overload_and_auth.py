@@ -11,8 +11,13 @@ import pytest
 from tests.integration.conftest import ADMIN, OCTET, TENANT
 
 pytestmark = pytest.mark.slow
-PUBLIC = {"/healthz", "/readyz"}  # with keys, /metrics needs a metrics or admin key
-TENANT_READABLE = {("get", "/v1/adapters")}  # any key; the listing shows only the key's own tasks
+PUBLIC = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}  # with keys, /metrics needs a metrics key
+TENANT_READABLE = {  # any key; a listing shows only the key's own tasks (and the backbone, which every key may use)
+    ("get", "/v1/adapters"): lambda body: [t["task"] for t in body["tasks"]] == ["team-a"],
+    ("get", "/v1/models"): lambda body: [m["id"] for m in body["data"]][1:] == ["team-a"],
+    ("get", "/v2"): lambda body: body["name"] == "adamix-serve",
+}
+OIP_TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -60,9 +65,16 @@ def _call(client: httpx.Client, method: str, path: str, headers: dict) -> httpx.
     if method == "put":
         return client.put(url, content=b"\0" * 16, headers={**headers, **OCTET})
     if method == "post":
-        body = {"version": "0" * 16} if path.endswith("/activate") else {"inputs": ["x"]}
+        body = ({"version": "0" * 16} if path.endswith("/activate") else OIP_TEXT if path.endswith("/infer")
+                else {"model": "other-task", "input": "x"} if path == "/v1/embeddings" else {"inputs": ["x"]})
         return client.post(url, json=body, headers=headers)
     return client.request(method.upper(), url, headers=headers)
+
+
+def _refused(r: httpx.Response, status: int, code: str) -> bool:
+    """The status, and the code where the protocol's error shape carries one (OIP's is the message only)."""
+    error = r.json()["error"]
+    return r.status_code == status and (isinstance(error, str) or error["code"] == code)
 
 
 def test_every_non_public_route_is_401_without_a_key_and_403_outside_a_tenants_tasks(tmp_path, start_server,
@@ -80,12 +92,12 @@ def test_every_non_public_route_is_401_without_a_key_and_403_outside_a_tenants_t
             continue
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic b3BzOm9wcw=="}):
             r = _call(client, method, path, headers)
-            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (method, path, r.text)
+            assert _refused(r, 401, "unauthorized"), (method, path, r.text)
         r = _call(client, method, path, TENANT)
         if (method, path) in TENANT_READABLE:
-            assert r.status_code == 200 and [t["task"] for t in r.json()["tasks"]] == ["team-a"]
+            assert r.status_code == 200 and TENANT_READABLE[method, path](r.json()), (method, path, r.text)
         else:
-            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (method, path, r.text)
+            assert _refused(r, 403, "forbidden"), (method, path, r.text)
         checked += 1
     assert checked >= 6
     assert client.get("/v1/adapters/other-task", headers=ADMIN).json()["active"]  # nothing changed it

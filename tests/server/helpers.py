@@ -20,16 +20,21 @@ TEXTS = ["a gripping, funny and humane film", "the plot is thin and the acting w
 def make_adapter(backbone: torch.nn.Module, info: BackboneInfo, *, kind: str = "adapter", r: int = 4,
                  labels: tuple[str, ...] = ("negative", "positive"), task_type: str | None = None,
                  pooling: str = "mean", placement: str = "ffn", targets: tuple[str, ...] = ("query", "value"),
-                 max_seq_len: int = 128, seed: int = 0, std: float = 0.3) -> AdapterFile:
-    """A trained-looking merged adapter: random (non-zero) mixture weights and head, then merged."""
+                 max_seq_len: int = 128, seed: int = 0, std: float = 0.3,
+                 embedding_dim: int | None = None) -> AdapterFile:
+    """A trained-looking merged adapter: random (non-zero) mixture weights and head, then merged.
+
+    `task_type="embedding"` (labels ignored): no head, or with `embedding_dim` a (dim, d) projection."""
     task_type = task_type or ("regression" if not labels else "classification")
-    task = TaskSpec(task_type, labels, pooling, max_seq_len)
+    if task_type == "embedding":
+        labels = ()
+    task = TaskSpec(task_type, labels, pooling, max_seq_len, embedding_dim)
     model = AdaMixTaskModel(copy.deepcopy(backbone), task)
     add_adamix(model, AdaMixConfig(kind=kind, num_experts=2, bottleneck=r, lora_r=r, placement=placement,
                                    lora_targets=targets, seed=seed))
     g = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
-        for p in [*adapter_parameters(model).values(), *model.head.parameters()]:
+        for p in [*adapter_parameters(model).values(), *(model.head.parameters() if model.head else ())]:
             p.copy_(torch.randn(p.shape, generator=g) * std)
     merge_adamix(model)
     return adapter_from_model(model.eval(), info, task, {"test": True})
@@ -63,9 +68,11 @@ def wait_ready(client, timeout: float = 60.0) -> None:
 
 
 def assert_same(a: dict, b: dict, tol: float = 1e-5) -> None:
-    """Two prediction dicts agree: same label, every probability (or the value) within `tol`."""
+    """Two prediction dicts agree: same label, every probability (or the value, or the embedding) within `tol`."""
     assert a.keys() == b.keys()
-    if "value" in a:
+    if "embedding" in a:
+        assert a["embedding"] == pytest.approx(b["embedding"], abs=tol)
+    elif "value" in a:
         assert a["value"] == pytest.approx(b["value"], abs=tol)
     else:
         assert a["label"] == b["label"]

@@ -89,7 +89,7 @@ def test_bad_task_name_is_422(client):
 
 
 def test_unknown_route_uses_the_error_shape(client):
-    assert error_of(client.get("/v2/nothing"), 404)["code"] == "not_found"
+    assert error_of(client.get("/v1/adapters/x/nothing"), 404)["code"] == "not_found"
 
 
 def test_health_ready_docs_and_listing(client):

@@ -18,7 +18,8 @@ PAIRS = [("the cat sat on the mat", "a cat was sitting"), ("he left early", "he 
 
 
 def task_zoo(model, info) -> dict[str, object]:
-    """Tasks of every shape the engine must mix: kinds, ranks, placements, label counts, poolings, regression."""
+    """Tasks of every shape the engine must mix: kinds, ranks, placements, label counts, poolings, regression,
+    embeddings (with and without a projection)."""
     specs = {
         "adapter_r2": dict(kind="adapter", r=2),
         "adapter_r8_both": dict(kind="adapter", r=8, placement="both", labels=("a", "b", "c")),
@@ -29,6 +30,8 @@ def task_zoo(model, info) -> dict[str, object]:
         "regression": dict(kind="adapter", r=3, labels=()),
         "pair": dict(kind="lora", r=2, task_type="pair_classification", std=0.05),
         "short": dict(kind="adapter", r=4, max_seq_len=6),
+        "embedding_proj": dict(kind="adapter", r=3, task_type="embedding", embedding_dim=6),  # > max_labels 5 below
+        "embedding_lora_cls": dict(kind="lora", r=2, task_type="embedding", pooling="cls", std=0.05),
     }
     return {name: make_adapter(model, info, seed=i, **kw) for i, (name, kw) in enumerate(specs.items())}
 
@@ -82,6 +85,8 @@ def test_engine_equals_adapter_applied_offline(tiny_backbone_dir, zoo):
             logits = offline(**enc)[0]  # (C,)
         if adapter.task.type == "regression":
             assert got["value"] == pytest.approx(float(logits[0]), abs=1e-5)
+        elif adapter.task.type == "embedding":  # the offline model's output is the unit embedding itself
+            assert got["embedding"] == pytest.approx(logits.tolist(), abs=1e-5)
         else:
             probs = torch.softmax(logits, -1)
             assert got["label"] == adapter.task.labels[int(probs.argmax())]
