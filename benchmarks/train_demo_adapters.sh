@@ -37,7 +37,11 @@ for task in ${@:-sst2 stsb cola qnli}; do
     sst2) train sst2 "$GLUE/SST-2" --bottleneck 16 --train-limit 32000 --epochs 1 --lr 4e-3 --max-seq-len 64 \
             --eval-every 125 ;;
     stsb) train stsb "$GLUE/STS-B" --bottleneck 16 --epochs 3 --lr 1e-3 --max-seq-len 128 --eval-every 90 ;;
-    cola) train cola "$GLUE/CoLA" --bottleneck 16 --epochs 3 --lr 3e-3 --max-seq-len 64 --eval-every 100 ;;
+    cola)  # GLUE CoLA train + its unacceptable rows twice + 1,500 rule-made minimal pairs; dev unchanged
+      "$PY" benchmarks/cola_augment.py "$GLUE/CoLA" "$PREP/cola-mix" --duplicate-unacceptable --synthetic 1500 \
+        --no-word-order
+      train cola "$PREP/cola-mix" --bottleneck 16 --epochs 10 --lr 3e-3 --max-seq-len 48 --eval-every 197 \
+        --checkpoint-every 197 ;;
     qnli)  # QNLI here has only the GLUE dev set: a fixed 4,000-row train part and 1,463 held-out rows
       "$PY" benchmarks/split_qnli.py "$GLUE/QNLI" "$PREP/qnli-split"
       train qnli "$PREP/qnli-split" --bottleneck 16 --epochs 3 --lr 2e-3 --max-seq-len 128 --eval-every 63 \

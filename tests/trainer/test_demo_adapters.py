@@ -5,13 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from adamix import load_backbone, read_adapter_file
+import torch
+
+from adamix import load_backbone, read_adapter_file, task_model_from_adapter
 
 DEMO = Path(__file__).resolve().parents[2] / "server" / "demo_adapters"
 # (provenance dataset, metric, floor). Floors (issue 12): accuracy at least 10 points above the majority class of
 # the dev set scored (SST-2 dev 0.509; QNLI held-out part 0.503), MCC 0.30, Pearson 0.80; SST-2 keeps its 0.85.
 EXPECTED = {"sst2": ("glue/sst2", "accuracy", 0.85), "stsb": ("glue/stsb", "pearson", 0.80),
-            "qnli": ("glue/qnli", "accuracy", 0.603), "cola": ("glue/cola", "matthews", 0.0)}
+            "qnli": ("glue/qnli", "accuracy", 0.603), "cola": ("glue/cola", "matthews", 0.25)}
 # QNLI here has only the GLUE dev set: the demo trains on a fixed 4,000-row part of it and is scored on the other
 # 1,463 rows (benchmarks/split_qnli.py); a score on all 5,463 would include its own training rows.
 SPLIT_SIZES = {"qnli": (4000, 1463)}
@@ -35,3 +37,30 @@ def test_shipped_demo_adapters_are_valid_and_meet_their_targets() -> None:
             assert (prov["train_examples"], prov["dev_examples"]) == SPLIT_SIZES[path.stem]
         assert adapter.config.num_experts == 4 and prov["method"] == "adamix"
         assert path.stat().st_size < 1 << 20
+
+
+# The README's predict examples and the answer a user expects of each.
+README_EXAMPLES = {"sst2": [("a gripping, beautifully acted film", "positive"), ("a tedious mess", "negative")],
+                   "cola": [("The book was written by John.", "acceptable"), ("The book was wrote by John.",
+                                                                            "unacceptable")],
+                   "qnli": [(("Where is the Eiffel Tower?", "The Eiffel Tower is in Paris."), "entailment")]}
+
+
+@pytest.mark.slow
+def test_shipped_demos_answer_the_readme_examples_right() -> None:
+    import copy
+
+    model, tokenizer, info = load_backbone()
+    for task, examples in README_EXAMPLES.items():
+        adapter = read_adapter_file(DEMO / f"{task}.safetensors", info)
+        offline = task_model_from_adapter(copy.deepcopy(model), adapter)
+        for text, want in examples:
+            enc = tokenizer(*((text,) if isinstance(text, str) else text), return_tensors="pt")
+            with torch.no_grad():
+                got = adapter.task.labels[int(offline(**enc)[0].argmax())]
+            assert got == want, (task, text)
+    stsb = task_model_from_adapter(copy.deepcopy(model), read_adapter_file(DEMO / "stsb.safetensors", info))
+    with torch.no_grad():
+        near, far = (float(stsb(**tokenizer("A cat sits on the mat.", other, return_tensors="pt"))[0])
+                     for other in ("A cat is sitting on a rug.", "The stock market fell sharply today."))
+    assert near > far + 1.5, (near, far)
