@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import KEY, ROOT, RawClient, closed_loop, glue_inputs, synthetic_adapter  # noqa: E402
+from load import KEY, ROOT, RawClient, closed_loop, glue_inputs, synthetic_adapter, wait_ready  # noqa: E402
 from stats import paired_ratio  # noqa: E402
 
 from adamix import load_backbone  # noqa: E402
@@ -94,20 +94,6 @@ def start_replica(args, work: Path, port: int, registry: Path, keys: Path) -> su
                              "--host-cache-mb", str(args.host_cache_mb), "--no-verify-registry",
                              "--max-adapter-rank", "16", "--max-labels", "2",
                              "--max-wait-ms", "5"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"replica on {port} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"replica on {port} not ready in {timeout} s")
 
 
 async def window(port: int, replicas: list[int], tasks: list[str], texts: list[str], args) -> dict:
@@ -187,7 +173,7 @@ def main() -> None:
         replicas = [free_port(), free_port()]
         procs = [start_replica(args, work, port, work / "registry", keys) for port in replicas]
         for port, proc in zip(replicas, procs):
-            wait_ready(port, proc)
+            asyncio.run(wait_ready(port, proc))
         ports = {"affinity": free_port(), "round_robin": free_port()}
         for mode, port in ports.items():
             conf = router_conf(work, replicas, port, affinity=mode == "affinity")
