@@ -105,8 +105,8 @@ def run_ray(settings: Settings, args: argparse.Namespace) -> int:
         print("adamix serve: --replicas must be at least 1", file=sys.stderr)
         return 2
     if settings.metrics_port is not None:
-        print("adamix serve: --metrics-port is per process; with --engine ray, scrape each replica through Ray's "
-              "metrics or /metrics with a metrics key", file=sys.stderr)
+        print("adamix serve: --metrics-port is one listener per process, so not with --engine ray: there /metrics "
+              "(with a metrics key) answers for the replica the request reaches", file=sys.stderr)
         return 2
     if args.ray_address is None:
         os.environ.update(LOOPBACK_RAY_ENV)  # before `ray` is imported; inherited by the processes it starts

@@ -39,7 +39,7 @@ def test_a_forwarded_request_replays_through_the_app_with_its_client_address():
 
 
 @pytest.mark.parametrize("flags, message", [(["--replicas", "0"], "--replicas must be at least 1"),
-                                            (["--metrics-port", "9100"], "--metrics-port is per process")])
+                                            (["--metrics-port", "9100"], "--metrics-port is one listener per process")])
 def test_ray_engine_refuses_what_it_cannot_do(flags, message, capsys):
     args = build_parser().parse_args(["serve", "--engine", "ray", *flags])
     assert args.func(args) == 2
