@@ -184,8 +184,11 @@ class TaskRouter:
             return _error(OverloadedError("every replica is at its request limit", None, {"Retry-After": "1"}))
         except RayError as exc:  # a replica that died or is not up yet: retryable
             return _error(NotReadyError(f"no replica answered ({type(exc).__name__})", None, {"Retry-After": "1"}))
+        # Ray's proxy gives every request an x-request-id (the client's, or one it makes) and adds it to the
+        # response itself: the replica's echo of that same id would be a second copy.
+        incoming = request.headers.get("x-request-id", "").encode()
         response = Response(content, status)
-        response.raw_headers = headers
+        response.raw_headers = [(k, v) for k, v in headers if not (k.lower() == b"x-request-id" and v == incoming)]
         return response
 
     async def _read_body(self, request: Request) -> bytes:

@@ -119,6 +119,11 @@ def _predict(url: str, task: str, headers=ADMIN, texts=("a fine film", "dull")) 
     return httpx.post(f"{url}/v1/{task}/predict", json={"inputs": list(texts)}, headers=headers, timeout=60)
 
 
+def _served(url: str, task: str) -> str | None:
+    r = _predict(url, task)
+    return r.json()["version"] if r.status_code == 200 else None
+
+
 def test_scale_from_one_to_two_replicas_fails_no_request(fleet):
     fleet.deploy(1)
     failures: list[str] = []
@@ -179,6 +184,7 @@ def test_the_same_client_suite_as_one_process(fleet, ops_backbone, versions):
             a = httpx.request(method, fleet.url + path, headers=headers, json=body, timeout=60)
             b = httpx.request(method, single.url + path, headers=headers, json=body, timeout=60)
             assert a.status_code == b.status_code, (path, a.text, b.text)
+            assert len(a.headers.get_list("x-request-id")) == 1, a.headers  # Ray's proxy and the app: one id
             if path.endswith("predict") and a.status_code == 200:
                 for x, y in zip(a.json()["predictions"], b.json()["predictions"]):
                     assert_same(x, y)
@@ -186,6 +192,9 @@ def test_the_same_client_suite_as_one_process(fleet, ops_backbone, versions):
                 assert [t["task"] for t in a.json()["tasks"]] == [t["task"] for t in b.json()["tasks"]]
             elif a.status_code >= 400:
                 assert a.json()["error"]["code"] == b.json()["error"]["code"], (path, a.text, b.text)
+
+        r = _predict(fleet.url, "team-a", headers={**TENANT, "X-Request-Id": "amx-test-1"})
+        assert r.headers.get_list("x-request-id") == ["amx-test-1"]  # the client's id, through Ray, once
 
         # an upload through Ray (admin only) is served by the single process too: the shared registry
         before = registry_snapshot(fleet.registry)
@@ -195,11 +204,12 @@ def test_the_same_client_suite_as_one_process(fleet, ops_backbone, versions):
                       timeout=60)
         assert r.status_code == 201, r.text
         version = r.json()["version"]
-        assert _predict(fleet.url, "team-new").json()["version"] == version
-        deadline = time.monotonic() + 10
-        while _predict(single.url, "team-new").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _predict(single.url, "team-new").json()["version"] == version
+        # Every replica serves it within the registry poll (0.2 s here), whichever replica Ray picks
+        for url in (fleet.url, single.url):
+            deadline = time.monotonic() + 10
+            while _served(url, "team-new") != version and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _served(url, "team-new") == version, url
     finally:
         single.stop()
 
