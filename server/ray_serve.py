@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse, Response
 from adamix.manifest import TASK_NAME
 from server.app import create_app
 from server.errors import (ClientClosedError, NotReadyError, OverloadedError, PayloadTooLargeError,
-                           RequestTimeoutError, ServeError, error_body)
+                           RequestTimeoutError, ServeError, render_error)
 from server.settings import Settings
+from server.uploads import declared_over
 
 APP_NAME = "adamix"
 REPLICA_HEADER = "x-adamix-replica"  # which replica answered (operators, affinity checks)
@@ -112,8 +113,9 @@ def _bind_serve_grpc_to_node_address() -> None:
     serve_replica.add_port_to_grpc_server = bind_node_address
 
 
-def _error(exc: ServeError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+def _error(exc: ServeError, path: str) -> JSONResponse:
+    """What the router itself refuses, in the shape of the surface `path` belongs to (as the app would)."""
+    return render_error(path, exc.status_code, exc.code, exc.message, exc.field, exc.headers)
 
 
 @serve.deployment(name="replica", health_check_period_s=5)
@@ -164,16 +166,17 @@ class TaskRouter:
         self.body_timeout_s = max(s.upload_timeout_s, s.body_timeout_s)
 
     async def __call__(self, request: Request) -> Response:
+        path = request.url.path
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await self._read_body(request)
         except ServeError as exc:
-            return _error(exc)
+            return _error(exc, path)
         except TimeoutError:
-            return _error(RequestTimeoutError("the request body did not arrive in time"))
+            return _error(RequestTimeoutError("the request body did not arrive in time"), path)
         except ClientDisconnect:
-            return _error(ClientClosedError("the client closed the connection during the body"))
-        forwarded = Forwarded(request.method, request.url.path, request.scope.get("query_string", b""),
+            return _error(ClientClosedError("the client closed the connection during the body"), path)
+        forwarded = Forwarded(request.method, path, request.scope.get("query_string", b""),
                               list(request.scope["headers"]), body,
                               tuple(request.client) if request.client else None)
         task = task_of(forwarded.path)
@@ -181,9 +184,11 @@ class TaskRouter:
         try:
             status, headers, content = await handle.handle.remote(forwarded)
         except BackPressureError:
-            return _error(OverloadedError("every replica is at its request limit", None, {"Retry-After": "1"}))
+            return _error(OverloadedError("every replica is at its request limit", None, {"Retry-After": "1"}),
+                          path)
         except RayError as exc:  # a replica that died or is not up yet: retryable
-            return _error(NotReadyError(f"no replica answered ({type(exc).__name__})", None, {"Retry-After": "1"}))
+            return _error(NotReadyError(f"no replica answered ({type(exc).__name__})", None,
+                                        {"Retry-After": "1"}), path)
         # Ray's proxy gives every request an x-request-id (the client's, or one it makes) and adds it to the
         # response itself: the replica's echo of that same id would be a second copy.
         incoming = request.headers.get("x-request-id", "").encode()
@@ -192,8 +197,7 @@ class TaskRouter:
         return response
 
     async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        if declared_over(request.headers.get("content-length"), self.max_body):
             raise PayloadTooLargeError(f"the body is larger than {self.max_body} bytes")
         parts, size = [], 0
         async for chunk in request.stream():

@@ -44,3 +44,18 @@ def test_ray_engine_refuses_what_it_cannot_do(flags, message, capsys):
     args = build_parser().parse_args(["serve", "--engine", "ray", *flags])
     assert args.func(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_what_the_router_refuses_comes_in_the_surface_shape():
+    import json
+
+    from server.errors import PayloadTooLargeError
+
+    def body(path):
+        response = ray_serve._error(PayloadTooLargeError("too big", None, {"Retry-After": "1"}), path)
+        assert (response.status_code, response.headers["retry-after"]) == (413, "1")
+        return json.loads(response.body)
+
+    assert body("/v1/sst2/predict") == {"error": {"code": "payload_too_large", "message": "too big", "field": None}}
+    assert body("/v2/models/sst2/infer") == {"error": "too big"}
+    assert body("/v1/embeddings")["error"]["type"] == "invalid_request_error"
