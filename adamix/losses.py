@@ -1,4 +1,4 @@
-"""The AdaMix consistency regulariser."""
+"""The AdaMix consistency regularisers: symmetric KL (classification, generation) and the opt-in MSE for regression."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +31,16 @@ def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch
     kl_b_a = F.kl_div(log_pa, log_pb.detach(), log_target=True, reduction="batchmean")  # KL(sg(p_b) || p_a)
     kl_a_b = F.kl_div(log_pb, log_pa.detach(), log_target=True, reduction="batchmean")  # KL(sg(p_a) || p_b)
     return 0.5 * (kl_b_a + kl_a_b)
+
+
+def regression_consistency_loss(out_a: torch.Tensor, out_b: torch.Tensor) -> torch.Tensor:
+    """MSE between two stochastic passes of a regression head, symmetric like the KL: `0.5 * (MSE(a, sg(b)) +
+    MSE(b, sg(a)))`. The opt-in extension of ADAMIX.md for one-logit heads, whose KL is identically zero.
+
+    `out_*`: (B,) or (B, 1) predicted scores.
+    """
+    if out_a.shape != out_b.shape:
+        raise ValueError(f"regression_consistency_loss needs equal shapes, got {tuple(out_a.shape)} and "
+                         f"{tuple(out_b.shape)}")
+    a, b = out_a.float().reshape(-1), out_b.float().reshape(-1)
+    return 0.5 * (F.mse_loss(a, b.detach()) + F.mse_loss(b, a.detach()))

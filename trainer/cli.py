@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from trainer.data import DataError, add_data_arguments
-from trainer.methods import METHODS
+from trainer.methods import METHODS, REGRESSION_CONSISTENCY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--bottleneck", type=int, default=16, help="adapter bottleneck r (default 16)")
     m.add_argument("--lora-r", type=int, default=4, help="LoRA rank (default 4)")
     m.add_argument("--consistency-weight", type=float, default=1.0, help="lambda of the consistency KL (default 1)")
+    m.add_argument("--regression-consistency", choices=REGRESSION_CONSISTENCY, default="none",
+                   help="AdaMix on a regression head (STS-B): 'mse' adds lambda * MSE between the two stochastic "
+                        "passes' scores (default none: the KL is identically 0 there, so one pass, as the paper)")
     m.add_argument("--pooling", choices=("mean", "cls", "pooler", "last"), default="mean",
                    help="pooled state for the head (default mean: the default MiniLM is a sentence-embedding model)")
     o = p.add_argument_group("optimisation")

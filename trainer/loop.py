@@ -40,6 +40,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     set_to_none: bool = False  # zero_grad(set_to_none=False) reproduces the paper (momentum moves every expert)
     consistency_weight: float = 1.0
+    regression_consistency: str = "none"  # "mse": AdaMix on a regression head adds MSE between the two passes
     seed: int = 0
     checkpoint_dir: Path | None = None
     checkpoint_every: int | None = None  # steps; a checkpoint is also written on Ctrl-C
@@ -51,7 +52,8 @@ class TrainConfig:
         """Settings that must match for `--resume` to continue the same run."""
         keys = ("method", "lr", "epochs", "max_steps", "batch_size", "group_by_length", "max_seq_len", "warmup_ratio",
                 "weight_decay", "max_grad_norm", "set_to_none", "consistency_weight", "seed")
-        return {**{k: getattr(self, k) for k in keys}, "num_train": num_train}
+        extra = {"regression_consistency": self.regression_consistency} if self.regression_consistency != "none" else {}
+        return {**{k: getattr(self, k) for k in keys}, **extra, "num_train": num_train}
 
 
 @dataclass
@@ -78,7 +80,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
     labels = batch["labels"].to(ctx.device)  # (B,)
     optimizer.zero_grad(set_to_none=cfg.set_to_none)
     loss, parts = training_loss(model, inputs, labels, METHODS[cfg.method].two_pass, regression,
-                                cfg.consistency_weight)
+                                cfg.consistency_weight, cfg.regression_consistency)
     loss.backward()
     all_reduce_gradients(model, ctx)
     if cfg.max_grad_norm:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamix import AdaMixConfig, AdaMixTaskModel, TaskSpec, add_adamix, consistency_loss
+from adamix import AdaMixConfig, AdaMixTaskModel, TaskSpec, add_adamix, consistency_loss, regression_consistency_loss
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+REGRESSION_CONSISTENCY = ("none", "mse")  # a regression head's consistency term across the two passes
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     if regression:
         return F.mse_loss(logits.squeeze(-1).float(), labels.float())  # (B,) scores
@@ -70,18 +73,22 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 def training_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, two_pass: bool,
-                  regression: bool, consistency_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                  regression: bool, consistency_weight: float,
+                  regression_consistency: str = "none") -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss. AdaMix: `CE(pass 1) + lambda * consistency(pass 1, pass 2)` over two stochastic passes.
 
-    For a one-logit regression head the consistency KL is identically zero (ADAMIX.md), so the second
-    pass would add no gradient; it is skipped there.
+    For a one-logit regression head the consistency KL is identically zero (ADAMIX.md), so by default the
+    second pass would add no gradient and is skipped there; `regression_consistency="mse"` opts in to the
+    MSE between the two passes' scores instead (`adamix train --regression-consistency mse`).
     """
+    if regression_consistency not in REGRESSION_CONSISTENCY:
+        raise ValueError(f"regression_consistency must be one of {REGRESSION_CONSISTENCY}, got {regression_consistency!r}")
     logits = model(**inputs)  # (B, C): pass 1, one random route and dropout mask
     loss = task_loss(logits, labels, regression)
     parts = {"task_loss": float(loss.detach())}
-    if two_pass and not regression:
+    if two_pass and (not regression or regression_consistency == "mse"):
         logits2 = model(**inputs)  # (B, C): pass 2, independent route and dropout mask
-        cons = consistency_loss(logits, logits2)
+        cons = regression_consistency_loss(logits, logits2) if regression else consistency_loss(logits, logits2)
         loss = loss + consistency_weight * cons
         parts["consistency"] = float(cons.detach())
     return loss, parts

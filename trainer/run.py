@@ -52,7 +52,8 @@ def train_from_args(args: argparse.Namespace) -> int:
                           max_seq_len=args.max_seq_len, eval_every=args.eval_every,
                           warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                           max_grad_norm=args.max_grad_norm or None, set_to_none=args.zero_grad_set_to_none,
-                          consistency_weight=args.consistency_weight, seed=args.seed, checkpoint_dir=ckpt_dir,
+                          consistency_weight=args.consistency_weight,
+                          regression_consistency=args.regression_consistency, seed=args.seed, checkpoint_dir=ckpt_dir,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, log_path=log_path)
         result = train(model, data, tokenizer, cfg, ctx)
@@ -67,6 +68,7 @@ def provenance(data: Dataset, result: TrainResult, cfg: TrainConfig, ctx: DistCo
     """What the adapter file records about how it was made."""
     return {"dataset": data.name, "metric": data.metric, "score": result.best_score, "metrics": result.best_metrics,
             "method": cfg.method, "steps": result.steps, "best_step": result.best_step, "seed": cfg.seed,
+            **({"regression_consistency": cfg.regression_consistency} if cfg.regression_consistency != "none" else {}),
             "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_examples": len(data.train),
             "dev_examples": len(data.dev), "world_size": ctx.world_size, "trainer": "adamix train"}
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamix import consistency_loss
+from adamix import consistency_loss, regression_consistency_loss
 
 
 def _logits(*shape: int, seed: int) -> torch.Tensor:
@@ -93,3 +93,17 @@ def test_shape_errors(a_shape, b_shape, mask_shape, match):
     mask = None if mask_shape is None else torch.ones(mask_shape)
     with pytest.raises(ValueError, match=match):
         consistency_loss(torch.zeros(a_shape), torch.zeros(b_shape), mask)
+
+
+def test_regression_consistency_is_symmetric_mse_with_detached_targets() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    b = torch.tensor([1.5, 2.0, 2.0], requires_grad=True)
+    loss = regression_consistency_loss(a, b)
+    torch.testing.assert_close(loss, torch.tensor((0.25 + 0.0 + 1.0) / 3))
+    loss.backward()
+    # d/da of 0.5 * MSE(a, sg(b)) = (a - b) / n: each pass is pulled half-way towards the other.
+    torch.testing.assert_close(a.grad, (a - b).detach() / 3)
+    torch.testing.assert_close(b.grad, (b - a).detach() / 3)
+    torch.testing.assert_close(regression_consistency_loss(a.view(3, 1), b.view(3, 1)), loss.detach())
+    with pytest.raises(ValueError, match="equal shapes"):
+        regression_consistency_loss(a, b[:2])

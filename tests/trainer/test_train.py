@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamix import TaskSpec, consistency_loss, load_backbone
+from adamix import TaskSpec, consistency_loss, load_backbone, regression_consistency_loss
 from trainer.checkpoint import trainable_state
 from trainer.data import Collator, Dataset, Example
 from trainer.loop import TrainConfig, lr_at, train, train_step
@@ -70,6 +70,38 @@ def test_adamix_step_is_two_stochastic_passes_ce_plus_consistency(tiny_bert_dir:
     optimizer = torch.optim.AdamW([p for p in single.parameters() if p.requires_grad], lr=1e-3)
     parts = train_step(single, optimizer, batch, TrainConfig(method="adapter"), regression=False)
     assert len(calls) == 1 and "consistency" not in parts
+
+
+@pytest.mark.parametrize("mode", ["none", "mse"])
+def test_regression_adamix_consistency_is_one_pass_or_opt_in_mse(tiny_bert_dir: Path, mode: str) -> None:
+    """STS-B-like head: the KL is identically 0, so the default runs one pass; `mse` adds MSE between two passes."""
+    backbone, tokenizer = load_backbone(tiny_bert_dir)[:2]
+    task = TaskSpec("pair_regression", (), max_seq_len=32)
+    model = build_model("adamix", backbone, task, adamix_config("adamix", bottleneck=8), 0).train()
+    examples = [Example(e.text, e.text_pair, float(e.label) * 5.0) for e in toy_data().train[:6]]
+    batch = Collator(tokenizer, 32, regression=True)(examples)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    rng, route = torch.get_rng_state(), model.adamix_router.get_state()
+    with torch.no_grad():
+        out1, out2 = model(**inputs), model(**inputs)  # (B, 1) each
+    task_part = F.mse_loss(out1.squeeze(-1), batch["labels"].float())
+    torch.set_rng_state(rng)
+    model.adamix_router.set_state(route)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    parts = train_step(model, optimizer, batch, TrainConfig(method="adamix", consistency_weight=2.0,
+                                                            regression_consistency=mode), regression=True)
+    if mode == "none":
+        assert len(calls) == 1 and "consistency" not in parts
+        assert parts["loss"] == pytest.approx(float(task_part), rel=1e-5)
+    else:
+        assert len(calls) == 2 and parts["consistency"] > 0
+        cons = regression_consistency_loss(out1, out2)
+        torch.testing.assert_close(cons, F.mse_loss(out1, out2))  # the symmetric form's value is the plain MSE
+        assert parts["loss"] == pytest.approx(float(task_part + 2.0 * cons), rel=1e-5)
+    with pytest.raises(ValueError, match="regression_consistency must be one of"):
+        train_step(model, optimizer, batch, TrainConfig(method="adamix", regression_consistency="kl"), regression=True)
 
 
 def _expert_weights(model) -> dict[str, torch.nn.Parameter]:
