@@ -1,0 +1,54 @@
+"""The paired study's statistics and report, on hand-made run records (the runs themselves take hours)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import paired_study  # noqa: E402
+from stats import paired_difference  # noqa: E402
+
+
+def test_paired_difference_is_the_mean_with_a_student_t_interval() -> None:
+    d = paired_difference([1.0, 2.0, 4.0], [0.0, 0.5, 1.5])  # differences 1.0, 1.5, 2.5
+    assert d.mean == pytest.approx(5 / 3) and d.pairs == 3
+    half = 4.303 * 0.7637626158 / 3 ** 0.5  # t_{0.975,2} * sd / sqrt(n)
+    assert (d.low, d.high) == (pytest.approx(5 / 3 - half, abs=1e-6), pytest.approx(5 / 3 + half, abs=1e-6))
+    with pytest.raises(ValueError, match="equally many"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def _record(runs: Path, run: paired_study.Run, curve: list[float], merged: float = 0.0, routes: float = 0.0) -> None:
+    out = runs / run.name
+    out.mkdir(parents=True)
+    hist = [{"step": 250 * (i + 1), "dev_accuracy": acc, "dev_loss": 1 - acc} for i, acc in enumerate(curve)]
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+    result = {"run": run.__dict__, "train": {"score": max(curve), "best_step": 0}, "seconds": 10.0 * len(curve)}
+    if run.variant.startswith("adamix"):
+        result["routes"] = {"score": merged, "random_routes": {"mean": routes}}
+    (out / "result.json").write_text(json.dumps(result))
+
+
+def test_report_pairs_seeds_at_equal_steps_and_equal_compute(tmp_path: Path) -> None:
+    for seed, bonus in ((0, 0.01), (1, 0.03)):
+        # AdaMix improves late: at equal compute (steps <= 2000 / 2.2) it is behind the adapter.
+        _record(tmp_path, paired_study.Run("sst2", "adamix", seed),
+                [0.70, 0.75, 0.78, 0.80, 0.82, 0.84, 0.85, 0.85 + bonus], merged=0.85 + bonus, routes=0.80)
+        _record(tmp_path, paired_study.Run("sst2", "adapter", seed), [0.80] * 7 + [0.85])
+    section = paired_study.report(tmp_path, 2.2)
+    assert "Runs done: **4 of 27**" in section
+    assert "| adamix - adapter, equal steps | 2 | +2.00 [" in section  # (1 + 3) / 2 points
+    # AdaMix's evaluations up to step 909: best 0.78, against the adapter's 0.85 -> -7 points.
+    assert "| adamix - adapter, equal compute (AdaMix evaluations up to step 909) | 2 | -7.00 [" in section
+    assert "| merged - mean of 5 single random routes (AdaMix runs) | 2 | +7.00 [" in section
+    assert "adamix - lora" not in section  # no LoRA run is done: no unpaired comparison
+    assert "| 250 | 70.00 | 80.00 | - |" in section
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nbefore\n")
+    paired_study.write_section(results, section)
+    paired_study.write_section(results, section)  # replaced in place, not appended twice
+    assert results.read_text().count(paired_study.START) == 1 and "before" in results.read_text()
