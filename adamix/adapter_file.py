@@ -1,4 +1,4 @@
-"""The adapter file (format version 3; see docs/adapter-format.md): write, read and validate.
+"""The adapter file (format version 4; see docs/adapter-format.md): write, read and validate.
 
 Safetensors only: the header is bounded and parsed by hand before any tensor is read; every key,
 shape, dtype and value is checked; nothing is ever unpickled.
@@ -20,14 +20,18 @@ from safetensors.torch import save as st_save
 from adamix.atomic import atomic_write
 from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
-from adamix.model import ARCHITECTURES, _fused_mask, site_names
+from adamix.layers import FUSED_SLICES, dense_fused_b, pack_fused_b
+from adamix.model import lora_slices, site_names
 from adamix.task import TaskSpec
 
 FORMAT_NAME = "adamix-adapter"
-FORMAT_VERSION = 3  # written; read: 1, 2 (adds pair_regression) and 3 (adds embedding and task.embedding_dim)
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # written; read: 1, 2 (adds pair_regression), 3 (adds embedding and task.embedding_dim), 4
+READ_VERSIONS = (1, 2, 3, 4)
 # The task types each version added: a file of an older version holding one is refused.
 _TASK_TYPE_SINCE = {"pair_regression": 2, "embedding": 3}
+# Version 4 stores a fused q|k|v LoRA (GPT-2 c_attn) per slice: B (n * d, r), no masked zeros. Older files hold it
+# as one dense B (3d, n * r), zero off each target's block; reading converts them (the zeros dropped, nothing else).
+FUSED_LORA_PACKED_SINCE = 4
 MAX_HEADER_BYTES = 1 << 20
 MAX_METADATA_BYTES = 64 << 10
 MAX_FILE_BYTES = 256 << 20
@@ -88,12 +92,14 @@ class AdapterFile:
             if kind == "adapter" and part == "down.weight":
                 out[site] = AdapterWeights(*(self.tensors[tensor_key(kind, site, p)] for p in _ADAPTER_PARTS))
             elif kind == "lora" and part == "A":
-                out[site] = LoRAWeights(*(self.tensors[tensor_key(kind, site, p)] for p in _LORA_PARTS))
+                out[site] = LoRAWeights(*(self.tensors[tensor_key(kind, site, p)] for p in _LORA_PARTS),
+                                        lora_slices(self.config, self.backbone.model_type))
         return out
 
     @property
     def rank(self) -> int:
-        """The largest bottleneck / LoRA rank over the adapted layers (0 with none)."""
+        """The largest bottleneck / LoRA rank over the adapted layers (0 with none); a fused q|k|v LoRA site
+        counts n * r, the rank of the one plain LoRA it equals (what it takes in a server's pool)."""
         return max((w[0].shape[0] for w in self.sites().values()), default=0)
 
     @property
@@ -116,10 +122,15 @@ class AdapterWeights(NamedTuple):
 
 
 class LoRAWeights(NamedTuple):
-    """A merged LoRA at one site: `base(x) + scaling * B(A(x))`."""
+    """A merged LoRA at one site: `base(x) + scaling * B(A(x))`, or per slice for a fused q|k|v projection."""
 
-    A: torch.Tensor  # (k, in)
-    B: torch.Tensor  # (out, k)
+    A: torch.Tensor  # (r, in); fused: (n * r, in), target t's A_t in rows t * r .. (t + 1) * r
+    B: torch.Tensor  # (out, r); fused: (n * out / 3, r), target t's B_t (out / 3, r) in block t
+    slices: tuple[int, ...] | None = None  # fused: the q/k/v output slice of each target, in block order
+
+    def dense_b(self) -> torch.Tensor:
+        """B of the one plain LoRA (out, k) this site equals, k = A's rows: fused, zero off each target's block."""
+        return self.B if self.slices is None else dense_fused_b(self.B, self.slices)
 
 
 HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"  # (C, d), (C,): the task head, absent without one
@@ -145,18 +156,22 @@ def _split_key(key: str) -> tuple[str, str, str]:
     raise ValueError(f"not an adapter tensor key: {key!r}")
 
 
-def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec) -> dict[str, tuple[int, ...]]:
-    """Every key a valid file for (config, backbone, task) holds, with its shape."""
-    d = backbone.hidden_size
+def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec,
+                    version: int = FORMAT_VERSION) -> dict[str, tuple[int, ...]]:
+    """Every key a valid file of `version` for (config, backbone, task) holds, with its shape."""
+    d, r = backbone.hidden_size, config.lora_r
+    slices = lora_slices(config, backbone.model_type) if config.kind == "lora" else None
     shapes: dict[str, tuple[int, ...]] = {}
     for site in site_names(config, backbone.model_type, backbone.num_layers):
         if config.kind == "adapter":
-            r = config.bottleneck
-            parts = dict(zip(_ADAPTER_PARTS, ((r, d), (r,), (d, r), (d,))))
-        else:
-            fused = ARCHITECTURES[backbone.model_type].fused_qkv
-            k = config.lora_r * (len(config.lora_targets) if fused else 1)  # fused q|k|v: one rank-r block a target
-            parts = {"A": (k, d), "B": (3 * d if fused else d, k)}
+            b = config.bottleneck
+            parts = dict(zip(_ADAPTER_PARTS, ((b, d), (b,), (d, b), (d,))))
+        elif slices is None:
+            parts = {"A": (r, d), "B": (d, r)}
+        elif version >= FUSED_LORA_PACKED_SINCE:  # fused q|k|v: a rank-r pair per target, packed
+            parts = {"A": (len(slices) * r, d), "B": (len(slices) * d, r)}
+        else:  # before version 4: one dense (3d, n * r) B
+            parts = {"A": (len(slices) * r, d), "B": (FUSED_SLICES * d, len(slices) * r)}
         shapes.update({tensor_key(config.kind, site, part): shape for part, shape in parts.items()})
     if task.num_outputs:
         shapes.update({HEAD_WEIGHT: (task.num_outputs, d), HEAD_BIAS: (task.num_outputs,)})
@@ -204,15 +219,16 @@ def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> Ada
         got = sorted(meta_json) if isinstance(meta_json, dict) else type(meta_json).__name__
         raise AdapterFileError(f"__metadata__ must be an object holding exactly the key 'adamix' (a JSON string), "
                                f"got {got}", "__metadata__")
-    config, info, task, provenance = _parse_metadata(meta_json["adamix"])
+    version, config, info, task, provenance = _parse_metadata(meta_json["adamix"])
     if backbone is not None:
         check_backbone(info, backbone)
-    expected = expected_shapes(config, info, task)
-    _check_header_entries(header, expected)
+    _check_header_entries(header, expected_shapes(config, info, task, version))
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for corrupt offsets
         raise AdapterFileError(f"tensor data is corrupt: {exc}", "file") from None
+    if version < FUSED_LORA_PACKED_SINCE:
+        tensors = _pack_fused_lora(tensors, config, info, version)
     adapter = AdapterFile(config, info, task, tensors, provenance)
     check_tensors(adapter)
     return adapter
@@ -259,7 +275,8 @@ def _parse_header(data: bytes) -> dict:
     return header
 
 
-def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dict]:
+def _parse_metadata(raw: str) -> tuple[int, AdaMixConfig, BackboneInfo, TaskSpec, dict]:
+    """(format_version, config, backbone, task, provenance) of the metadata JSON, every field checked."""
     if len(raw) > MAX_METADATA_BYTES:
         raise AdapterFileError(f"metadata is {len(raw)} bytes, at most {MAX_METADATA_BYTES} allowed", "__metadata__")
     try:
@@ -309,7 +326,7 @@ def _parse_metadata(raw: str) -> tuple[AdaMixConfig, BackboneInfo, TaskSpec, dic
     except (ValueError, TypeError) as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")
-    return config, info, task, provenance
+    return version, config, info, task, provenance
 
 
 def _brief(exc: Exception) -> str:
@@ -358,16 +375,23 @@ def check_tensors(adapter: AdapterFile) -> None:
                                    f"{list(tensor.shape)}", key)
         if not torch.isfinite(tensor).all():
             raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
-    _check_fused_lora_mask(adapter)
 
 
-def _check_fused_lora_mask(adapter: AdapterFile) -> None:
-    """GPT-2 c_attn: each target's r columns of B may only feed its own q/k/v slice (zero elsewhere)."""
-    if adapter.kind != "lora" or not ARCHITECTURES[adapter.backbone.model_type].fused_qkv:
-        return
-    for site, weights in adapter.sites().items():
-        outside = weights.B * (1.0 - _fused_mask(weights.B.shape[0], adapter.config))  # (out, k)
-        if outside.any():
-            key = tensor_key("lora", site, "B")
-            raise AdapterFileError(f"tensor {key!r} is non-zero outside the q/k/v slices of its targets "
-                                   f"{list(adapter.config.lora_targets)} (e.g. on the key rows)", key)
+def _pack_fused_lora(tensors: dict[str, torch.Tensor], config: AdaMixConfig, info: BackboneInfo,
+                     version: int) -> dict[str, torch.Tensor]:
+    """A pre-version-4 file's fused q|k|v LoRA B (3d, n * r) -> the per-slice (n * d, r): the masked zeros are
+    dropped, every other value kept exactly; a non-zero value off its target's block is refused."""
+    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    if slices is None:
+        return tensors
+    out = dict(tensors)
+    for site in site_names(config, info.model_type, info.num_layers):
+        key = tensor_key("lora", site, "B")
+        if not torch.isfinite(tensors[key]).all():
+            raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
+        out[key], exact = pack_fused_b(tensors[key], slices)
+        if not exact:
+            raise AdapterFileError(f"tensor {key!r} (format_version {version}, one dense (3d, n * r) B) is non-zero "
+                                   f"outside the q/k/v slices of its targets {list(config.lora_targets)}: it cannot "
+                                   "be converted to the per-slice layout of format_version 4", key)
+    return out

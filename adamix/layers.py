@@ -92,26 +92,40 @@ class MixtureAdapter(nn.Module):
         return plain.train(self.training)  # a fresh module starts in train mode; keep the mixture's mode
 
 
+FUSED_SLICES = 3  # a fused q|k|v projection (GPT-2 c_attn): its output is three equal slices, q then k then v
+
+
 class MixtureLoRA(nn.Module):
     """`x -> scaling * B(A(dropout(x)))` with M A (down) experts and a shared (or mixed) B, zero-init.
 
-    `out_mask` (out, k), for fused projections: LoRA only on some output slices (GPT-2 c_attn q and v).
+    `slices`, for a fused q|k|v projection: the output slice (0 q, 1 k, 2 v) that each target's LoRA feeds, in
+    target order. Each target t has its own rank-r pair, stored packed: A (n * r, in) holds the A_t one after
+    another, B (n * out / 3, r) the B_t (out / 3, r); slices without a target get no update and store nothing
+    (the reference's `MergedLinear` layout). Without `slices`: A (r, in), B (out, r), one plain LoRA.
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, num_experts: int, scaling: float,
-                 dropout: float, share_b: bool, router: Router | None, out_mask: torch.Tensor | None = None,
+                 dropout: float, share_b: bool, router: Router | None, slices: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
+        if slices is not None and (out_features % FUSED_SLICES or not slices
+                                   or len(set(slices)) != len(slices) or not set(slices) <= set(range(FUSED_SLICES))):
+            raise ValueError(f"fused LoRA slices must be distinct indices < {FUSED_SLICES} of an output divisible by "
+                             f"{FUSED_SLICES}, got slices {slices} for {out_features} outputs")
         self.router = router
         self.scaling = scaling
+        self.rank = rank  # r of each target's pair
+        self.in_features, self.out_features = in_features, out_features
+        self.slices = slices
+        n = 1 if slices is None else len(slices)
+        b_rows = out_features if slices is None else n * (out_features // FUSED_SLICES)
         self.dropout = nn.Dropout(dropout)
-        a_init = torch.empty(rank, in_features)
+        a_init = torch.empty(n * rank, in_features)
         nn.init.kaiming_uniform_(a_init, a=math.sqrt(5), generator=generator)
         # A experts start as identical copies of one init (unlike the adapter variant); B starts at zero.
         self.A = nn.ParameterList(nn.Parameter(a_init.clone()) for _ in range(num_experts))
-        self.B = nn.ParameterList(nn.Parameter(torch.zeros(out_features, rank))
+        self.B = nn.ParameterList(nn.Parameter(torch.zeros(b_rows, rank))
                                   for _ in range(1 if share_b else num_experts))
-        self.register_buffer("out_mask", out_mask, persistent=False)
 
     @property
     def num_experts(self) -> int:
@@ -124,25 +138,54 @@ class MixtureLoRA(nn.Module):
             return params[self.router.draw(len(params))]
         return params[0] if len(params) == 1 else torch.stack(list(params)).mean(0)  # (M, ...) -> averaged
 
-    def effective_b(self, b: torch.Tensor) -> torch.Tensor:
-        """(out, k) B with the fused-projection mask applied: each target's columns feed only its slice."""
-        return b if self.out_mask is None else b * self.out_mask
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self._route(self.A)  # (k, in)
-        b = self.effective_b(self._route(self.B))  # (out, k)
-        return (self.dropout(x) @ a.T @ b.T) * self.scaling  # (B, T, in) @ (in, k) @ (k, out) -> (B, T, out)
+        a = self._route(self.A)  # (n * r, in)
+        b = self._route(self.B)  # (out, r), or fused (n * s, r) with s = out / 3
+        if self.slices is None:
+            return (self.dropout(x) @ a.T @ b.T) * self.scaling  # (B, T, in) @ (in, r) @ (r, out) -> (B, T, out)
+        return fused_lora_delta(self.dropout(x) @ a.T, b, self.slices, self.rank) * self.scaling  # (B, T, out)
 
     @torch.no_grad()
     def merged(self) -> MixtureLoRA:
-        """A one-expert LoRA holding the averaged A and B (B already masked)."""
-        a = torch.stack(list(self.A)).mean(0)  # (M, k, in) -> (k, in)
-        b = self.effective_b(torch.stack(list(self.B)).mean(0))  # (M_b, out, k) -> (out, k)
-        plain = MixtureLoRA(a.shape[1], b.shape[0], a.shape[0], 1, self.scaling, self.dropout.p, True, None,
-                            self.out_mask)
+        """A one-expert LoRA holding the averaged A and B."""
+        a = torch.stack(list(self.A)).mean(0)  # (M, n * r, in) -> (n * r, in)
+        b = torch.stack(list(self.B)).mean(0)  # (M_b, rows, r) -> (rows, r)
+        plain = MixtureLoRA(self.in_features, self.out_features, self.rank, 1, self.scaling, self.dropout.p, True,
+                            None, self.slices)
         plain.A[0] = nn.Parameter(a.detach().clone())
         plain.B[0] = nn.Parameter(b.detach().clone())
         return plain.train(self.training)  # keep eval mode (LoRA dropout off) across merging
+
+
+def fused_lora_delta(z: torch.Tensor, b: torch.Tensor, slices: tuple[int, ...], rank: int) -> torch.Tensor:
+    """Fused q|k|v LoRA update from `z = x @ A.T` (..., n * r) and packed B (n * s, r): (..., 3 * s), zero
+    on the slices without a target. Each target's r columns of `z` meet only its own B_t."""
+    n, s = len(slices), b.shape[0] // len(slices)
+    per_target = torch.einsum("...nr,nsr->...ns", z.unflatten(-1, (n, rank)), b.view(n, s, rank))  # (..., n, s)
+    if n == FUSED_SLICES and slices == tuple(range(FUSED_SLICES)):
+        return per_target.flatten(-2)  # q, k and v all adapted, in order: nothing to place
+    out = per_target.new_zeros(*per_target.shape[:-2], FUSED_SLICES, s)  # (..., 3, s)
+    out[..., list(slices), :] = per_target
+    return out.flatten(-2)  # (..., 3 * s)
+
+
+def dense_fused_b(b: torch.Tensor, slices: tuple[int, ...]) -> torch.Tensor:
+    """Packed fused B (n * s, r) -> the equivalent dense (3 * s, n * r) B of one rank-(n * r) LoRA: block t of
+    A's rows feeds only slice slices[t]; zero elsewhere (PEFT's layout, and the server pool's)."""
+    n, r = len(slices), b.shape[1]
+    s = b.shape[0] // n
+    dense = b.new_zeros(FUSED_SLICES * s, n * r)  # (3s, nr)
+    for i, t in enumerate(slices):
+        dense[t * s:(t + 1) * s, i * r:(i + 1) * r] = b[i * s:(i + 1) * s]
+    return dense
+
+
+def pack_fused_b(dense: torch.Tensor, slices: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """The inverse of `dense_fused_b`: (packed (n * s, r), whether `dense` is zero outside its blocks)."""
+    n = len(slices)
+    s, r = dense.shape[0] // FUSED_SLICES, dense.shape[1] // n
+    packed = torch.cat([dense[t * s:(t + 1) * s, i * r:(i + 1) * r] for i, t in enumerate(slices)])  # (ns, r)
+    return packed, torch.equal(dense_fused_b(packed, slices), dense)
 
 
 class AdapterSite(nn.Module):

@@ -52,7 +52,10 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 
 def architecture_of(backbone: nn.Module) -> ArchitectureSites:
-    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    return architecture_for(getattr(getattr(backbone, "config", None), "model_type", None))
+
+
+def architecture_for(model_type: str | None) -> ArchitectureSites:
     if model_type not in ARCHITECTURES:
         raise ValueError(f"unsupported backbone model_type {model_type!r}; supported: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[model_type]
@@ -98,10 +101,9 @@ def add_adamix(model: nn.Module, config: AdaMixConfig) -> nn.Module:
                                  config.init_std, router, init_gen)
             site: nn.Module = AdapterSite(base, mix.to(ref.device, ref.dtype))
         else:
-            mask = _fused_mask(out_f, config) if arch.fused_qkv else None
-            rank = config.lora_r * (len(config.lora_targets) if arch.fused_qkv else 1)
-            mix = MixtureLoRA(in_f, out_f, rank, config.num_experts, config.lora_scaling, config.lora_dropout,
-                              config.lora_share_b, router, mask, init_gen)
+            mix = MixtureLoRA(in_f, out_f, config.lora_r, config.num_experts, config.lora_scaling,
+                              config.lora_dropout, config.lora_share_b, router,
+                              lora_slices(config, backbone.config.model_type), init_gen)
             site = LoRASite(base, mix.to(ref.device, ref.dtype))
         setattr(parent, child, site)
     model.adamix_config = config
@@ -109,21 +111,18 @@ def add_adamix(model: nn.Module, config: AdaMixConfig) -> nn.Module:
     return model
 
 
-def _fused_mask(out_features: int, config: AdaMixConfig) -> torch.Tensor:
-    """(out, k) mask for a fused q|k|v projection: target t's r columns feed only t's output slice."""
-    split = out_features // 3
-    mask = torch.zeros(out_features, config.lora_r * len(config.lora_targets))  # (3 * split, k)
-    for i, target in enumerate(config.lora_targets):
-        s = _QKV_INDEX[target] * split
-        mask[s:s + split, i * config.lora_r:(i + 1) * config.lora_r] = 1.0
-    return mask
+def lora_slices(config: AdaMixConfig, model_type: str) -> tuple[int, ...] | None:
+    """For a fused q|k|v projection (GPT-2 c_attn): the output slice each LoRA target feeds, in target order
+    (the order of A's rank-r blocks); None where every target is its own layer."""
+    if not architecture_for(model_type).fused_qkv:
+        return None
+    return tuple(_QKV_INDEX[t] for t in config.lora_targets)
 
 
 def site_names(config: AdaMixConfig, model_type: str, num_layers: int) -> list[str]:
     """The module paths (relative to the backbone) that `config` adapts in a backbone of this shape."""
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"unsupported backbone model_type {model_type!r}; supported: {sorted(ARCHITECTURES)}")
-    templates = [p.replace(r"\d+", "{}").replace("\\.", ".") for p in _site_patterns(config, ARCHITECTURES[model_type])]
+    patterns = _site_patterns(config, architecture_for(model_type))
+    templates = [p.replace(r"\d+", "{}").replace("\\.", ".") for p in patterns]
     return sorted(t.format(i) for t in templates for i in range(num_layers))
 
 

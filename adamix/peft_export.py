@@ -5,9 +5,10 @@ can serve it. This module writes the two files PEFT reads (`adapter_config.json`
 `adapter_model.safetensors`) by hand: peft is not a runtime dependency of `adamix`.
 
 GPT-2's fused `c_attn` (a Conv1D, `fan_in_fan_out=True` in PEFT) holds q, k and v in three output
-slices; our file stores its LoRA as one rank `k = r * len(lora_targets)` pair whose B is block-masked
-(zero on the key rows). PEFT sees it as a plain rank-`k` LoRA; its scaling is `lora_alpha / k`, so we
-write `lora_alpha = alpha * k / r` to keep the update `(alpha / r) * B A` unchanged.
+slices; our file stores its LoRA per slice, one rank-r pair per target (A (n * r, d), B (n * d, r)).
+PEFT has no per-slice LoRA, so the export writes the same update as one plain rank `k = n * r` LoRA:
+A as stored, B expanded to PEFT's dense (3d, k), zero off each target's block. PEFT's scaling is
+`lora_alpha / k`, so we write `lora_alpha = alpha * k / r` to keep the update `(alpha / r) * B A` unchanged.
 """
 from __future__ import annotations
 
@@ -54,12 +55,12 @@ def export_peft_lora(adapter: AdapterFile, directory: str | os.PathLike,
 
 
 def _peft_weights(adapter: AdapterFile, prefix: str) -> tuple[dict[str, torch.Tensor], int]:
-    """Our `lora.P.A` (k, in) / `lora.P.B` (out, k) -> PEFT's `base_model.model.P.lora_A/B.weight`, and k."""
+    """Our `lora.P.A` (k, in) / `lora.P.B` -> PEFT's `base_model.model.P.lora_A/B.weight` (k, in) / (out, k), and k."""
     weights: dict[str, torch.Tensor] = {}
     ranks = set()
     for site, lora in adapter.sites().items():  # the task head has no PEFT equivalent
         # nn.Linear layout in PEFT for both Linear and Conv1D bases: lora_A (k, in), lora_B (out, k).
-        for name, tensor in (("lora_A", lora.A), ("lora_B", lora.B)):
+        for name, tensor in (("lora_A", lora.A), ("lora_B", lora.dense_b())):
             peft_key = f"base_model.model.{prefix}{site}.{name}.weight"
             weights[peft_key] = tensor.detach().to("cpu", torch.float32).contiguous()
         ranks.add(lora.A.shape[0])

@@ -6,6 +6,9 @@ with zeros to the pool's rank; for every other site, zeros. A zero adapter adds 
 zero LoRA adds 0, so rows of both kinds and of any rank share one forward pass exactly:
     adapter site: h + up(gelu(down(h)))          with down_w[slot], up_t[slot] gathered per row (bmm)
     LoRA site:    base(x) + (x @ A[slot].T) @ (scaling * B[slot]).T
+A fused q|k|v LoRA (GPT-2 c_attn; the file stores one rank-r pair per target slice) enters its slot as the one
+rank-(n * r) LoRA it equals, B dense (out, n * r) and zero off each target's block, so rows that adapt different
+slices (q+v, q+k+v, k alone) still share one bmm; the zeros add 0.
 A batch whose rows all use one slot takes the plain `F.linear` path; a site that no row uses is skipped.
 The batch plan reaches the sites only inside `with pool.batch(slots):` (a context variable, reset on exit, so a
 plan can never outlive its forward). Only the executor's worker thread touches the pool's tensors.
@@ -168,7 +171,7 @@ class AdapterPool:
             else:
                 a, bt = self._site_weights(name)
                 a[slot, :r] = weights.A  # (k, in)
-                bt[slot, :r] = (adapter.lora_scaling * weights.B).T  # (k, out)
+                bt[slot, :r] = (adapter.lora_scaling * weights.dense_b()).T  # (k, out)
             ranks[name] = r
         n = adapter.num_outputs  # 0 for an embedding task: its projection is applied after the pool's heads
         if n:

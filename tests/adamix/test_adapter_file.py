@@ -4,9 +4,11 @@ import io
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -194,7 +196,7 @@ BAD_CONTAINER = [
 
 BAD_METADATA = [
     ("format-name", "format", "safetensors-lora", "format", "must be 'adamix-adapter'"),
-    ("format-version-4", "format_version", 4, "format_version", "4 is not supported"),
+    ("format-version-5", "format_version", 5, "format_version", "5 is not supported"),
     ("format-version-huge", "format_version", 10 ** 40, "format_version", "not supported"),
     ("format-version-string", "format_version", "1", "format_version", "not supported"),
     ("extra-metadata-key", "signature", "abc", "metadata", "metadata keys must be"),
@@ -299,7 +301,7 @@ def build_embedding_adapter(dim: int | None, model_type: str = "bert"):
 @pytest.mark.parametrize("dim", [None, 5])
 def test_embedding_adapters_round_trip_to_unit_vectors(tmp_path, dim):
     adapter, model = build_embedding_adapter(dim)
-    assert (adapter.head is None) == (dim is None) and adapter.metadata()["format_version"] == 3
+    assert (adapter.head is None) == (dim is None) and adapter.metadata()["format_version"] == 4
     path = tmp_path / "e.safetensors"
     write_adapter_file(path, adapter)
     loaded = read_adapter_file(path, backbone=adapter.backbone)
@@ -349,15 +351,114 @@ def test_lora_scaling_must_match_the_config():
     _assert_refused(_with_meta(adapter, "lora_scaling", None), "lora_scaling", "does not match")
 
 
-def test_gpt2_lora_b_must_be_zero_outside_its_targets_slices():
+# ---------------------------------------------------------------- GPT-2 fused LoRA: per slice since version 4
+
+OLD_FILE = Path(__file__).parent / "data" / "gpt2_lora_format3.safetensors"  # see data/README.md
+QKV = ("query", "key", "value")
+
+
+def _dense_b(packed: torch.Tensor, targets: tuple[str, ...], d: int, r: int) -> torch.Tensor:
+    """How writers before version 4 stored a fused B: (3d, n * r), target t's (d, r) block at (its slice, its
+    columns), zero elsewhere (written out here, independently of the library)."""
+    dense = torch.zeros(3 * d, len(targets) * r)
+    for t, target in enumerate(targets):
+        i = QKV.index(target)
+        dense[i * d:(i + 1) * d, t * r:(t + 1) * r] = packed[t * d:(t + 1) * d]
+    return dense
+
+
+def _as_old_gpt2_file(adapter: AdapterFile, version: int, **dense_changes) -> bytes:
+    """The fused-LoRA adapter as a version-`version` writer wrote it; dense_changes: key -> f(dense B)."""
+    d, r, targets = adapter.backbone.hidden_size, adapter.config.lora_r, adapter.config.lora_targets
+    tensors = {k: (_dense_b(t, targets, d, r) if k.endswith(".B") else t) for k, t in adapter.tensors.items()}
+    for key, change in dense_changes.items():
+        tensors[key.replace("__", ".")] = change(tensors[key.replace("__", ".")].clone())
+    meta = json.loads(json.dumps(adapter.metadata()))
+    meta["format_version"] = version
+    if version < 3:
+        del meta["task"]["embedding_dim"]
+    return _file(tensors, meta)
+
+
+@pytest.mark.parametrize("targets", [("query", "value"), ("value", "query"), ("key",), QKV])
+def test_gpt2_fused_lora_is_stored_per_slice_without_zeros(targets):
+    adapter, _ = build_adapter("gpt2", "lora", lora_targets=targets, lora_r=4)
+    n, d, r = len(targets), 32, 4
+    lora = {k: tuple(t.shape) for k, t in adapter.tensors.items() if k.startswith("lora.")}
+    shapes = {"A": (n * r, d), "B": (n * d, r)}  # a rank-r pair per target, nothing for the other slices
+    assert lora == {f"lora.h.{i}.attn.c_attn.{p}": shape for i in range(2) for p, shape in shapes.items()}
+    data = adapter_to_bytes(adapter)
+    assert json.loads(json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]["adamix"])[
+        "format_version"] == 4
+    assert all(t.any(dim=1).all() for k, t in adapter.tensors.items() if k.endswith(".B"))  # no stored zero row
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("targets", [("query", "value"), ("value", "query"), ("key",), QKV])
+def test_older_gpt2_fused_lora_files_are_converted_exactly_on_read(version, targets):
+    adapter, model = build_adapter("gpt2", "lora", lora_targets=targets, lora_r=4)
+    loaded = read_adapter_bytes(_as_old_gpt2_file(adapter, version), backbone=adapter.backbone)
+    assert set(loaded.tensors) == set(adapter.tensors)
+    assert all(torch.equal(loaded.tensors[k], t) for k, t in adapter.tensors.items())  # the zeros dropped, no more
+    assert loaded.metadata() == adapter.metadata()  # re-written, it is a version-4 file
+    with torch.no_grad():
+        inputs = make_inputs()
+        assert torch.equal(task_model_from_adapter(tiny_backbone("gpt2"), loaded)(**inputs), model(**inputs))
+
+
+def test_a_file_written_by_the_format_3_writer_reads_and_serves_as_before():
+    loaded = read_adapter_file(OLD_FILE, backbone=backbone_info(tiny_backbone("gpt2"), "tiny-gpt2"))
+    with safe_open(str(OLD_FILE), framework="pt") as f:
+        raw = {k: f.get_tensor(k) for k in f.keys()}
+    assert raw["lora.h.0.attn.c_attn.B"].shape == (96, 8) and loaded.tensors["lora.h.0.attn.c_attn.B"].shape == (64, 4)
+    for i in range(2):
+        site = f"lora.h.{i}.attn.c_attn"
+        dense, packed = raw[f"{site}.B"], loaded.tensors[f"{site}.B"]
+        assert torch.equal(loaded.tensors[f"{site}.A"], raw[f"{site}.A"])
+        # targets ("value", "query"): block 0 of A feeds the value rows, block 1 the query rows; key rows zero
+        assert torch.equal(packed, torch.cat([dense[64:, :4], dense[:32, 4:]])) and packed.any(dim=1).all()
+        assert not dense[32:64].any() and not dense[64:, 4:].any() and not dense[:32, :4].any()
+    served = task_model_from_adapter(tiny_backbone("gpt2"), loaded)
+    with torch.no_grad():
+        logits = served(**make_inputs())
+        plain = task_model_from_adapter(tiny_backbone("gpt2"), AdapterFile(
+            loaded.config, loaded.backbone, loaded.task, {k: torch.zeros_like(t) if k.endswith(".B") else t
+                                                          for k, t in loaded.tensors.items()}))(**make_inputs())
+    expected = torch.tensor(loaded.provenance["logits_on_make_inputs"])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(plain, expected, rtol=0, atol=1e-3)  # the LoRA update is really there
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_an_older_gpt2_file_with_values_off_its_slices_is_refused_naming_the_version(version):
     adapter, _ = build_adapter("gpt2", "lora")
     key = "lora.h.1.attn.c_attn.B"
-    b = adapter.tensors[key].clone()  # (3d, 2r): q rows feed from columns 0..r, v rows from r..2r
-    assert b[:32, :4].any() and b[64:, 4:].any() and not b[32:64].any() and not b[:32, 4:].any()
     for rows, cols in ((slice(32, 64), slice(0, 8)), (slice(0, 32), slice(4, 8))):  # key rows; q rows of v's cols
-        bad = b.clone()
-        bad[rows, cols] = 0.1
-        _assert_refused(_with_tensors(adapter, **{key.replace(".", "__"): bad}), key, "outside the q/k/v slices")
+        def off_slice(b: torch.Tensor) -> torch.Tensor:
+            b[rows, cols] = 0.1
+            return b
+        bad = _as_old_gpt2_file(adapter, version, **{key.replace(".", "__"): off_slice})
+        err = _assert_refused(bad, key, f"format_version {version}, one dense")
+        assert "outside the q/k/v slices" in str(err) and "format_version 4" in str(err)
+    nan_off_slice = _as_old_gpt2_file(adapter, 3, **{key.replace(".", "__"): lambda b: b.index_fill_(0, torch.tensor(
+        [40]), float("nan"))})
+    _assert_refused(nan_off_slice, key, "non-finite")
+
+
+def test_a_version_4_gpt2_file_in_the_old_dense_layout_is_refused():
+    adapter, _ = build_adapter("gpt2", "lora")
+    _assert_refused(_as_old_gpt2_file(adapter, 4), "lora.h.0.attn.c_attn.B",
+                    r"must have shape \[64, 4\], got \[96, 8\]")
+
+
+@pytest.mark.parametrize("model_type, kind", [("bert", "adapter"), ("bert", "lora"), ("distilbert", "lora"),
+                                              ("gpt2", "adapter")])
+def test_older_files_of_other_kinds_load_unchanged(model_type, kind):
+    adapter, _ = build_adapter(model_type, kind)
+    for version in (1, 2, 3):
+        loaded = read_adapter_bytes(_as_version(adapter, version), backbone=adapter.backbone)
+        assert set(loaded.tensors) == set(adapter.tensors)
+        assert all(torch.equal(loaded.tensors[k], t) for k, t in adapter.tensors.items())
 
 
 # ---------------------------------------------------------------- other backbones

@@ -54,13 +54,22 @@ def test_sites_are_the_papers(model_type, kwargs, expected):
 
 @pytest.mark.parametrize("targets, slices", [(("query", "value"), (0, 2)), (("key",), (1,)),
                                              (("value", "query", "key"), (0, 1, 2))])
-def test_gpt2_fused_lora_updates_only_its_targets_slices(targets, slices):
-    model = adamix_backbone("gpt2", kind="lora", lora_targets=targets)
+def test_gpt2_fused_lora_is_one_plain_lora_per_target_slice(targets, slices):
+    d, r = 32, 4
+    model = adamix_backbone("gpt2", kind="lora", lora_targets=targets, lora_r=r, num_experts=1)
     perturb_adapters(model)
     lora = mixture_modules(model)[0].eval()
-    update = lora(torch.randn(5, 32)).view(5, 3, 32)  # (B, q|k|v, d)
+    a, b = lora.A[0], lora.B[0]  # stored per slice: A_t in rows t*r.., B_t (d, r) in rows t*d..
+    assert a.shape == (len(targets) * r, d) and b.shape == (len(targets) * d, r)
+    x = torch.randn(5, d)  # (B, d)
+    update = lora(x).view(5, 3, d)  # (B, q|k|v, d)
     for i in range(3):
-        assert bool(update[:, i].any()) == (i in slices)
+        if i not in slices:
+            assert not update[:, i].any()
+            continue
+        t = targets.index(("query", "key", "value")[i])  # the block of the target that feeds slice i
+        a_t, b_t = a[t * r:(t + 1) * r], b[t * d:(t + 1) * d]  # (r, d), (d, r)
+        torch.testing.assert_close(update[:, i], lora.scaling * x @ a_t.T @ b_t.T, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["adapter", "lora"])

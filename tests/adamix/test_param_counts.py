@@ -1,7 +1,7 @@
 """The paper's #Param, adapters only: any faithful implementation reproduces these exactly."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaModel
 
 from adamix import AdaMixConfig, add_adamix, count_adapter_parameters, merge_adamix
 
@@ -23,3 +23,15 @@ def test_paper_parameter_counts(make, r, before, after):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == before  # backbone fully frozen
     merge_adamix(model)
     assert count_adapter_parameters(model) == after
+
+
+def test_paper_parameter_counts_gpt2_medium_adamix_lora():
+    """GPT-2 medium AdaMix-LoRA (E2E scripts: M=8, r=4, q and v on the fused c_attn): per layer 8 A experts
+    (2r, d) + one shared B, stored per slice as the reference's `MergedLinear` does ((2d, r), no key rows)."""
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_embd=1024, n_layer=24, n_head=16))  # gpt2-medium's sizes
+    add_adamix(model, AdaMixConfig(kind="lora", num_experts=8, lora_r=4, lora_targets=("query", "value")))
+    assert count_adapter_parameters(model) == 1_769_472  # 24 * (8 * 8 * 1024 + 2048 * 4)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_769_472
+    merge_adamix(model)
+    assert count_adapter_parameters(model) == 393_216  # 24 * (8 * 1024 + 2048 * 4): the served adapter

@@ -24,7 +24,8 @@ def _merged_lora(model: torch.nn.Module, backbone: torch.nn.Module, task: TaskSp
 
 
 @pytest.mark.parametrize("model_type", ARCHS)
-@pytest.mark.parametrize("targets", [("query", "value"), ("query", "key", "value")], ids=["qv", "qkv"])
+@pytest.mark.parametrize("targets", [("query", "value"), ("query", "key", "value"), ("value", "query")],
+                         ids=["qv", "qkv", "vq"])
 def test_peft_loads_the_export_and_matches_the_backbone_outputs(tmp_path, model_type, targets):
     task = TaskSpec("classification", ("a", "b"), pooling="last" if model_type == "gpt2" else "mean")
     model = AdaMixTaskModel(tiny_backbone(model_type), task)
@@ -81,6 +82,7 @@ def test_encoder_export_loads_under_a_task_model_prefix(tmp_path):
     ("distilbert", ("query", "value"), 4, 32.0, ["q_lin", "v_lin"], False),
     ("gpt2", ("query", "value"), 8, 64.0, ["c_attn"], True),  # fused: rank 2r, alpha doubled, same alpha / r
     ("gpt2", ("query", "key", "value"), 12, 96.0, ["c_attn"], True),
+    ("gpt2", ("value", "query"), 8, 64.0, ["c_attn"], True),
 ])
 def test_config_and_weight_names(tmp_path, model_type, targets, rank, alpha, modules, fan_in_fan_out):
     task = TaskSpec("regression")
@@ -96,7 +98,17 @@ def test_config_and_weight_names(tmp_path, model_type, targets, rank, alpha, mod
     assert len(weights) == len(lora_keys) and not any("head" in k for k in weights)
     for key in lora_keys:
         site, _, part = key.removeprefix("lora.").rpartition(".")
-        assert torch.equal(weights[f"base_model.model.{site}.lora_{part}.weight"], adapter.tensors[key])
+        exported, ours = weights[f"base_model.model.{site}.lora_{part}.weight"], adapter.tensors[key]
+        if part == "B" and fan_in_fan_out:  # GPT-2 c_attn: our per-slice B (n * d, r) as PEFT's dense (3d, n * r)
+            d, r = 32, 4
+            assert ours.shape == (len(targets) * d, r) and exported.shape == (3 * d, len(targets) * r)
+            for t, target in enumerate(targets):  # target t's block sits at its slice's rows, its own columns
+                i = ("query", "key", "value").index(target)
+                assert torch.equal(exported[i * d:(i + 1) * d, t * r:(t + 1) * r], ours[t * d:(t + 1) * d])
+                exported[i * d:(i + 1) * d, t * r:(t + 1) * r] = 0
+            assert not exported.any()  # zero everywhere else
+        else:
+            assert torch.equal(exported, ours)
 
 
 def test_an_adapter_kind_file_is_refused(tmp_path):
