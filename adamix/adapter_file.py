@@ -29,9 +29,7 @@ FORMAT_VERSION = 4  # written; read: 1, 2 (adds pair_regression), 3 (adds embedd
 READ_VERSIONS = (1, 2, 3, 4)
 # The task types each version added: a file of an older version holding one is refused.
 _TASK_TYPE_SINCE = {"pair_regression": 2, "embedding": 3}
-# Version 4 stores a fused q|k|v LoRA (GPT-2 c_attn) per slice: B (n * d, r), no masked zeros. Older files hold it
-# as one dense B (3d, n * r), zero off each target's block; reading converts them (the zeros dropped, nothing else).
-FUSED_LORA_PACKED_SINCE = 4
+FUSED_LORA_PACKED_SINCE = 4  # fused q|k|v LoRA (GPT-2 c_attn) per slice; before: one dense B, converted on read
 MAX_HEADER_BYTES = 1 << 20
 MAX_METADATA_BYTES = 64 << 10
 MAX_FILE_BYTES = 256 << 20
@@ -387,7 +385,7 @@ def _pack_fused_lora(tensors: dict[str, torch.Tensor], config: AdaMixConfig, inf
     out = dict(tensors)
     for site in site_names(config, info.model_type, info.num_layers):
         key = tensor_key("lora", site, "B")
-        if not torch.isfinite(tensors[key]).all():
+        if not torch.isfinite(tensors[key]).all():  # checked first: a NaN would also fail the exact comparison
             raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
         out[key], exact = pack_fused_b(tensors[key], slices)
         if not exact:
