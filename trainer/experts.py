@@ -18,11 +18,12 @@ from torch import nn
 from adamix import AdaMixConfig, AdaMixTaskModel, BackboneInfo, TaskSpec, add_adamix
 from adamix.adapter_file import check_backbone
 from adamix.atomic import atomic_write
-from adamix.layers import MixtureAdapter
-from adamix.model import mixture_modules
+from adamix.layers import FUSED_SLICES, MixtureAdapter, pack_fused_b
+from adamix.model import lora_slices, mixture_modules
 from trainer.checkpoint import load_trainable
 
 EXPERTS_FORMAT = "adamix-experts"
+EXPERTS_FORMAT_VERSION = 2  # 2: GPT-2's fused LoRA B per slice (as adapter format 4); version 1 is read, converted
 
 
 def save_experts(path: str | Path, model: AdaMixTaskModel, info: BackboneInfo, provenance: dict) -> None:
@@ -32,8 +33,8 @@ def save_experts(path: str | Path, model: AdaMixTaskModel, info: BackboneInfo, p
         raise ValueError("--save-experts needs an AdaMix model; full fine-tuning has no experts")
     tensors = {n: p.detach().to("cpu", torch.float32).contiguous() for n, p in model.named_parameters()
                if p.requires_grad}
-    meta = {"format": EXPERTS_FORMAT, "format_version": 1, "config": config.to_dict(), "backbone": info.to_dict(),
-            "task": model.task.to_dict(), "provenance": provenance}
+    meta = {"format": EXPERTS_FORMAT, "format_version": EXPERTS_FORMAT_VERSION, "config": config.to_dict(),
+            "backbone": info.to_dict(), "task": model.task.to_dict(), "provenance": provenance}
     atomic_write(path, save(tensors, metadata={EXPERTS_FORMAT: json.dumps(meta, allow_nan=False)}))
 
 
@@ -57,13 +58,32 @@ def load_experts(path: str | Path, backbone: nn.Module, info: BackboneInfo) -> t
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[EXPERTS_FORMAT])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    version = meta.get("format_version")
+    if version not in (1, EXPERTS_FORMAT_VERSION):
+        raise ValueError(f"{path}: --save-experts format_version {version!r} is not supported (this reader reads 1 "
+                         f"and {EXPERTS_FORMAT_VERSION})")
     check_backbone(BackboneInfo(**meta["backbone"]), info)
     t = meta["task"]
     task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"])
     model = AdaMixTaskModel(backbone, task)
-    add_adamix(model, AdaMixConfig.from_dict(meta["config"]))
+    config = AdaMixConfig.from_dict(meta["config"])
+    add_adamix(model, config)
+    if version == 1:
+        tensors = _fused_lora_per_slice(tensors, config, info)
     load_trainable(model, tensors, str(path))
     return model.eval(), meta
+
+
+def _fused_lora_per_slice(tensors: dict[str, torch.Tensor], config: AdaMixConfig,
+                          info: BackboneInfo) -> dict[str, torch.Tensor]:
+    """A version-1 checkpoint's fused GPT-2 LoRA B experts, dense (3d, n * r), -> per slice (n * d, r). Version 1
+    masked B in its forward, so the values dropped off the targets' blocks never reached an output."""
+    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    if slices is None:
+        return tensors
+    dense = (FUSED_SLICES * info.hidden_size, len(slices) * config.lora_r)  # other shapes: load_trainable refuses
+    return {name: pack_fused_b(t, slices)[0] if ".adamix_lora.B." in name and tuple(t.shape) == dense else t
+            for name, t in tensors.items()}
 
 
 @contextmanager
