@@ -425,7 +425,7 @@ def test_a_file_written_by_the_format_3_writer_reads_and_serves_as_before():
             loaded.config, loaded.backbone, loaded.task, {k: torch.zeros_like(t) if k.endswith(".B") else t
                                                           for k, t in loaded.tensors.items()}))(**make_inputs())
     expected = torch.tensor(loaded.provenance["logits_on_make_inputs"])
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
     assert not torch.allclose(plain, expected, rtol=0, atol=1e-3)  # the LoRA update is really there
 
 

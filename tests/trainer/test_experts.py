@@ -55,7 +55,7 @@ def test_gpt2_fused_lora_experts_load_and_give_the_saved_models_outputs(tmp_path
     assert len(b) == 2 * 3 and all(p.shape == (len(TARGETS) * D, R) for p in b)  # 2 layers x 3 experts, per slice
     inputs = make_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded(**inputs), model(**inputs), rtol=0, atol=1e-5)
 
 
 def test_an_unknown_experts_version_is_refused(tmp_path):
