@@ -356,8 +356,11 @@ def check_tensors(adapter: AdapterFile) -> None:
         if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
             raise AdapterFileError(f"tensor {key!r} must be float32 {list(shape)}, got {tensor.dtype} "
                                    f"{list(tensor.shape)}", key)
-        if not torch.isfinite(tensor).all():
-            raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
+    # One pass over every value (a few ops, not two per tensor: this is on the cold-load path); the
+    # offending tensor is looked for only when the pass fails.
+    if not torch.isfinite(torch.cat([adapter.tensors[key].reshape(-1) for key in expected])).all():
+        key = next(k for k in expected if not torch.isfinite(adapter.tensors[k]).all())
+        raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
     _check_fused_lora_mask(adapter)
 
 
