@@ -61,7 +61,7 @@ class Admission:
         self.check(adapter, inputs)
         if self._workers is not None:
             pair, max_len = adapter.task.pair, self._max_len(adapter)
-            encoded = await asyncio.wrap_future(self._workers.submit(_texts(inputs), pair, max_len))
+            encoded = await self._workers.encode(_texts(inputs), pair, max_len)
             if isinstance(encoded, str):
                 raise _no_tokens(encoded)
             return [Row(adapter, ids, types) for ids, types in encoded]

@@ -15,8 +15,10 @@ encodes one text, so threads cannot tokenise in parallel; worker processes can.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 from tokenizers import Encoding, Tokenizer
 
@@ -112,33 +114,67 @@ def _start_worker(tokenizer_json: str, uses_token_types: bool) -> None:
     _worker = SegmentTokenizer(tokenizer_json, uses_token_types)
 
 
-def _encode_in_worker(texts: Texts, pair: bool, max_len: int) -> Encoded | str:
-    """A worker's answer: the encodings, or the `where` of a segment with no token (plain data, never a pickled
-    exception)."""
-    try:
-        return _worker.encode(texts, pair, max_len)
-    except NoTokensError as exc:
-        return exc.where
+def _encode_in_worker(jobs: list[tuple[Texts, bool, int]]) -> list[Encoded | str]:
+    """A worker's answer to each (texts, pair, max_len) job: its encodings, or the `where` of a segment with no
+    token (plain data, never a pickled exception)."""
+    out: list[Encoded | str] = []
+    for texts, pair, max_len in jobs:
+        try:
+            out.append(_worker.encode(texts, pair, max_len))
+        except NoTokensError as exc:
+            out.append(exc.where)
+    return out
 
 
 class TokenizerWorkers:
     """`count` worker processes, each with its own copy of the tokenizer, encoding requests in parallel.
 
-    Forked (on Linux) before any request arrives: a worker only ever runs `SegmentTokenizer.encode`, and
+    `await encode(...)` queues the request; the requests that arrive within one turn of the event loop go out
+    together, split over the workers, one message each (a message costs more than tokenising a sentence).
+    Forked (on Linux) at start-up, before any request: a worker only ever runs `SegmentTokenizer.encode`, and
     `tokenizers` disables its own thread pool in a forked child, so nothing the parent's threads held is used.
     """
 
     def __init__(self, tokenizer_json: str, uses_token_types: bool, count: int) -> None:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.count = count
         self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start_worker,
                                          initargs=(tokenizer_json, uses_token_types))
-        # Start every worker now (the pool forks lazily), so none is forked later beside a running forward.
-        for done in [self._pool.submit(_encode_in_worker, [("warm up", None)], False, 8) for _ in range(count)]:
+        self._pending: list[tuple[tuple[Texts, bool, int], asyncio.Future]] = []
+        # Start the workers now (with fork the pool starts them all at the first submission).
+        for done in [self._pool.submit(_encode_in_worker, [([("warm up", None)], False, 8)]) for _ in range(count)]:
             done.result()
 
-    def submit(self, texts: Texts, pair: bool, max_len: int) -> Future:
-        return self._pool.submit(_encode_in_worker, texts, pair, max_len)
+    async def encode(self, texts: Texts, pair: bool, max_len: int) -> Encoded | str:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append(((texts, pair, max_len), future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._send)
+        return await future
+
+    def _send(self) -> None:
+        jobs, self._pending = self._pending, []
+        parts = min(self.count, len(jobs))
+        for k in range(parts):
+            chunk = jobs[k::parts]
+            done = asyncio.wrap_future(self._pool.submit(_encode_in_worker, [job for job, _ in chunk]))
+            done.add_done_callback(functools.partial(_deliver, [future for _, future in chunk]))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _deliver(futures: list[asyncio.Future], done: asyncio.Future) -> None:
+    """Each request's answer from its chunk's (or the chunk's failure to each)."""
+    error = None if done.cancelled() else done.exception()
+    for i, future in enumerate(futures):
+        if future.done():  # its caller went away
+            continue
+        if done.cancelled():
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result()[i])
