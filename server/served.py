@@ -1,6 +1,7 @@
 """A served adapter: one (task, version) prepared once, when the host cache loads it, never per request."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,10 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
 def _largest(tensors) -> float:
     """The largest magnitude over `tensors` (NaN if any value is NaN; 0 for no values)."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    return float(flat.abs().max()) if flat.numel() else 0.0
+    if not flat.numel():
+        return 0.0
+    low, high = torch.aminmax(flat)  # one reduction; NaN propagates into both
+    return max(-float(low), float(high)) if not math.isnan(float(low)) else float("nan")
 
 
 def _served_values(adapter: AdapterFile):
