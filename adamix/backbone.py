@@ -82,8 +82,9 @@ def backbone_info(backbone: nn.Module, name: str) -> BackboneInfo:
 def load_backbone(path: str | os.PathLike | None = None, name: str | None = None):
     """Load (model, tokenizer, BackboneInfo) from a local directory, offline; the default when `path` is None.
 
-    The model is the bare base model (`AutoModel`), frozen and in eval mode. For decoders (GPT-2) the
-    causal-LM model is loaded instead, so generation adapters keep the LM head.
+    The model is the bare base model (`AutoModel`), frozen and in eval mode, with PyTorch's
+    `scaled_dot_product_attention` where transformers offers it for the architecture (else eager attention).
+    For decoders (GPT-2) the causal-LM model is loaded instead, so generation adapters keep the LM head.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +94,10 @@ def load_backbone(path: str | os.PathLike | None = None, name: str | None = None
                                 "directory is expected; nothing is downloaded)")
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     loader = AutoModelForCausalLM if config.model_type == "gpt2" else AutoModel
-    model = loader.from_pretrained(directory, local_files_only=True)
+    try:  # fused attention (flash / memory-efficient kernels on a GPU) wherever transformers has it
+        model = loader.from_pretrained(directory, local_files_only=True, attn_implementation="sdpa")
+    except ValueError:  # an architecture without an SDPA attention in this transformers
+        model = loader.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

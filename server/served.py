@@ -1,6 +1,7 @@
 """A served adapter: one (task, version) prepared once, when the host cache loads it, never per request."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,18 +66,30 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
     if task.pooling == "pooler" and not limits.has_pooler:
         raise UnservableAdapterError("task pools with the backbone's pooler, and this backbone has none",
                                      "task.pooling")
-    for name, tensor in _served_values(adapter):
-        largest = float(tensor.abs().max()) if tensor.numel() else 0.0
-        if not largest <= limits.max_value:  # also catches inf from scaling
-            raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
-                                         f"values up to {limits.max_value:.3g} (setting dtype)", name.partition(" ")[0])
+    values = dict(_served_values(adapter))
+    if not _largest(values.values()) <= limits.max_value:  # one pass over every value; also catches inf, NaN
+        for name, tensor in values.items():
+            largest = _largest([tensor])
+            if not largest <= limits.max_value:
+                raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
+                                             f"values up to {limits.max_value:.3g} (setting dtype)",
+                                             name.partition(" ")[0])
+
+
+def _largest(tensors) -> float:
+    """The largest magnitude over `tensors` (NaN if any value is NaN; 0 for no values)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if not flat.numel():
+        return 0.0
+    low, high = torch.aminmax(flat)  # one reduction; NaN propagates into both
+    return max(-float(low), float(high)) if not math.isnan(float(low)) else float("nan")
 
 
 def _served_values(adapter: AdapterFile):
     """(name, tensor) of every value the pool stores: each tensor, and LoRA's B as stored (times alpha / r)."""
     yield from adapter.tensors.items()
-    for site, weights in adapter.sites().items():
-        if isinstance(weights, LoRAWeights):
+    if adapter.kind == "lora":
+        for site, weights in adapter.sites().items():
             yield f"{tensor_key('lora', site, 'B')} x lora_scaling", weights.B * adapter.lora_scaling
 
 
@@ -84,7 +97,9 @@ def prepare(key: AdapterKey, adapter: AdapterFile, limits: ServingLimits) -> Ser
     """Check `adapter` against `limits` and parse what serving it needs."""
     check_servable(adapter, limits)
     embedding = adapter.task.type == "embedding"
-    return ServedAdapter(key, adapter.task, adapter.rank, adapter.sites(), adapter.lora_scaling,
+    sites = adapter.sites()  # parsed once: this is on the cold-load path
+    rank = max((w[0].shape[0] for w in sites.values()), default=0)
+    return ServedAdapter(key, adapter.task, rank, sites, adapter.lora_scaling,
                          None if embedding else adapter.head, adapter.nbytes(), adapter.head if embedding else None)
 
 

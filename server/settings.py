@@ -40,6 +40,12 @@ class Settings(BaseSettings):
                                                                       "default max_batch_rows.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest text (characters) one input may carry.")
     max_seq_len: int = Field(512, ge=8, description="Token cap on top of each task's own max_seq_len.")
+    tokenizer_workers: int = Field(
+        0, ge=0, le=256, description="Tokenizer worker processes. 0 = one tokenizer thread in the server process "
+                                     "(plenty beside a CPU backbone, whose forward is far slower); on an accelerator "
+                                     "use about the CPU cores the server may take, less one for the event loop "
+                                     "(benchmarks/RESULTS.md: rows/s per worker against the forward's). The "
+                                     "tokenizer holds the GIL, so only processes tokenise in parallel.")
 
     device_pool_mb: float = Field(512, gt=0, description="Device memory budget for resident adapters (MiB).")
     max_adapter_rank: int = Field(48, ge=1, description="Largest adapter bottleneck / LoRA rank the pool holds.")
@@ -102,6 +108,11 @@ class Settings(BaseSettings):
             self.otlp_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
         if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
             raise ValueError(f"otlp_endpoint must be an http:// or https:// URL, got {self.otlp_endpoint!r}")
+        cores = os.cpu_count() or 1
+        if self.tokenizer_workers > 4 * cores:
+            raise ValueError(f"tokenizer_workers ({self.tokenizer_workers}) is more than 4x this machine's {cores} CPU "
+                             "cores: extra workers only add memory and context switches; use about the cores the "
+                             "server may take")
         if self.max_inputs_per_request is None:
             self.max_inputs_per_request = self.max_batch_rows
         if self.max_inputs_per_request > self.max_batch_rows:

@@ -1,6 +1,7 @@
 """Admission: tokenisation cost is bounded by the task's max length, and the result equals full tokenisation."""
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -8,7 +9,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from adamix import default_backbone_path
+from server.errors import InvalidInputError
 from server.schemas import TextInput
+from server.settings import Settings
 from tests.conftest import SHARED_DATA
 from tests.server.helpers import make_adapter, make_engine, serve
 
@@ -73,3 +76,37 @@ def test_tokenisation_time_does_not_follow_text_length(engine, tiny_loaded):
     rows = engine.admission.encode(task, big)
     assert all(len(r.input_ids) == 128 for r in rows)
     assert time.perf_counter() - start < 5.0  # took 25.8 s and 11 GB before the cut (a generous bound)
+
+
+def test_tokenizer_worker_processes_give_the_rows_the_one_thread_gives(tiny_backbone_dir, tiny_loaded):
+    """`tokenizer_workers=2`: concurrent requests tokenised in two worker processes, the same ids, the same 422."""
+    model, _, info = tiny_loaded
+    pair_task = serve(make_adapter(model, info, task_type="pair_classification", max_seq_len=32), "p")
+    single_task = serve(make_adapter(model, info, max_seq_len=16), "s")
+    requests = [(pair_task, [TextInput(text=a, text_pair=b)]) for a, b in _real_texts()[:40] + [(HOSTILE[1], "x")]]
+    requests += [(single_task, [TextInput(text=t) for t in HOSTILE[i:i + 3]]) for i in range(0, len(HOSTILE), 3)]
+    engine = make_engine(tiny_backbone_dir, tokenizer_workers=2)
+
+    async def admit_all():
+        engine.admission.start()
+        try:
+            assert len(engine.admission._workers._pool._processes) == 2  # real processes, forked at start
+            rows = await asyncio.gather(*(engine.admission.admit(task, inputs) for task, inputs in requests))
+            with pytest.raises(InvalidInputError) as refused:
+                await engine.admission.admit(single_task, [TextInput(text="fine"), TextInput(text="\u200b\u200b")])
+            return rows, refused.value
+        finally:
+            engine.admission.stop()
+
+    rows, refused = asyncio.run(admit_all())
+    for (task, inputs), got in zip(requests, rows, strict=True):
+        want = engine.admission.encode(task, inputs)  # on this thread
+        assert [(r.input_ids, r.token_type_ids, r.adapter) for r in got] == \
+               [(r.input_ids, r.token_type_ids, r.adapter) for r in want]
+    assert refused.field == "inputs[1]" and "no token" in str(refused)
+
+
+@pytest.mark.parametrize("workers", [-1, 10_000])
+def test_tokenizer_workers_setting_is_bounded(workers):
+    with pytest.raises(ValueError, match="tokenizer_workers"):
+        Settings(tokenizer_workers=workers, demo_adapters=None)
