@@ -1,4 +1,5 @@
-"""The AdaMix consistency regularisers: symmetric KL (classification, generation) and the opt-in MSE for regression."""
+"""The AdaMix consistency regularisers: symmetric KL (classification, generation; embeddings over in-batch
+similarities) and the opt-in MSE for regression."""
 from __future__ import annotations
 
 import torch
@@ -44,3 +45,21 @@ def regression_consistency_loss(out_a: torch.Tensor, out_b: torch.Tensor) -> tor
                          f"{tuple(out_b.shape)}")
     a, b = out_a.float().reshape(-1), out_b.float().reshape(-1)
     return 0.5 * (F.mse_loss(a, b.detach()) + F.mse_loss(b, a.detach()))
+
+
+def embedding_consistency_loss(texts_a: torch.Tensor, pairs_a: torch.Tensor, texts_b: torch.Tensor,
+                               pairs_b: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """AdaMix's consistency for an embedding objective: the symmetric KL above between two stochastic passes'
+    in-batch similarity distributions.
+
+    `texts_*`, `pairs_*`: (B, p) unit-length embeddings of a batch's first and second texts from pass a and
+    pass b. Row i of `scale * texts @ pairs.T` (B, B) is text i's distribution over the batch's second texts
+    (the quantity in-batch-negatives training sharpens), so the two passes are asked to agree on how every text
+    ranks every candidate, not only on its own pair. A batch of one pair has a single candidate: the term is 0.
+    """
+    if not texts_a.shape == pairs_a.shape == texts_b.shape == pairs_b.shape or texts_a.dim() != 2:
+        raise ValueError(f"embedding_consistency_loss needs four equal (B, p) shapes, got {tuple(texts_a.shape)}, "
+                         f"{tuple(pairs_a.shape)}, {tuple(texts_b.shape)}, {tuple(pairs_b.shape)}")
+    sim_a = scale * texts_a.float() @ pairs_a.float().T  # (B, B): scaled cosines of pass a
+    sim_b = scale * texts_b.float() @ pairs_b.float().T  # (B, B): scaled cosines of pass b
+    return consistency_loss(sim_a, sim_b)

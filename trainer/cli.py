@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from trainer.data import DataError, add_data_arguments
+from trainer.embedding import EMBEDDING_LOSSES
 from trainer.methods import METHODS, REGRESSION_CONSISTENCY
 
 
@@ -15,6 +16,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "best dev epoch, merge it and write one adapter file.")
     add_data_arguments(p)
     p.add_argument("--train-limit", type=int, help="train on a fixed random subset of this many rows")
+    e = p.add_argument_group("task type")
+    e.add_argument("--task-type", choices=("head", "embedding"), default="head",
+                   help="head (default): a classification or regression head, as the data says; embedding: a "
+                        "sentence-embedding adapter (no head) trained on text pairs, scored by Spearman of cosine")
+    e.add_argument("--embedding-loss", choices=EMBEDDING_LOSSES,
+                   help="embedding: cosent (default; scored pairs, e.g. STS-B) or mnrl (positive pairs, in-batch "
+                        "negatives; with --glue-task stsb the train pairs scored >= 4 of 5)")
+    e.add_argument("--embedding-scale", type=float,
+                   help="embedding: the cosine scale of the loss and of AdaMix's consistency KL (default 20)")
+    e.add_argument("--projection-dim", type=int,
+                   help="embedding: add a trained linear projection to this many dimensions (default: none, the "
+                        "backbone's own width)")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=sorted(METHODS), default="adamix", help="default: adamix (M=4, shared up)")
     m.add_argument("--experts", type=int, help="experts M (default 4 for adamix*, 1 for the baselines)")

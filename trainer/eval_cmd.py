@@ -50,7 +50,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _check_labels(data: Dataset, task) -> None:
-    if data.regression and task.regression:
+    if (data.regression and task.regression) or task.type == "embedding":
         return
     if tuple(data.labels) != tuple(task.labels):
         raise DataError(f"the adapter's labels {list(task.labels)} differ from the data's {list(data.labels)}; "
@@ -60,6 +60,7 @@ def _check_labels(data: Dataset, task) -> None:
 def evaluate_file(args: argparse.Namespace) -> dict:
     from adamix import load_backbone, read_adapter_file, task_model_from_adapter
     from adamix.model import backbone_of
+    from trainer.embedding import EmbeddingCollator, evaluate_embeddings, load_embedding_dataset
     from trainer.evaluate import evaluate
     from trainer.experts import file_kind, load_experts, single_route
 
@@ -77,11 +78,23 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     else:
         model, meta = load_experts(args.adapter, backbone, info)
         task, prov = model.task, meta["provenance"]
-    data = load_dataset(args, need_train=False)
+    embedding = task.type == "embedding"
+    data = load_embedding_dataset(args, need_train=False) if embedding else load_dataset(args, need_train=False)
     _check_labels(data, task)
     model.to(device).eval()
-    collate = Collator(tokenizer, task.max_seq_len, task.regression)
-    scores = evaluate(model, data.dev, collate, data.metrics, args.batch_size, device)
+    if embedding:  # scored pairs: Spearman / Pearson of the two texts' cosine
+        collate = EmbeddingCollator(tokenizer, task.max_seq_len)
+        scale = prov.get("embedding_scale")  # the dev CoSENT loss at the training scale (20 when not recorded)
+        scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 else 20.0
+
+        def score(m) -> dict[str, float]:
+            return evaluate_embeddings(m, data.dev, collate, data.metrics, args.batch_size, device, scale)
+    else:
+        collate = Collator(tokenizer, task.max_seq_len, task.regression)
+
+        def score(m) -> dict[str, float]:
+            return evaluate(m, data.dev, collate, data.metrics, args.batch_size, device)
+    scores = score(model)
     result = {"adapter": str(args.adapter), "dataset": data.name, "metric": data.metric,
               "score": scores[data.metric], "metrics": {k: scores[k] for k in data.metrics},
               "examples": len(data.dev), "kind": kind, "provenance": prov}
@@ -90,9 +103,7 @@ def evaluate_file(args: argparse.Namespace) -> dict:
         draws = []
         for _ in range(args.draws):
             with single_route(model, gen) as route:
-                draws.append({"route": route,
-                              "score": evaluate(model, data.dev, collate, data.metrics, args.batch_size,
-                                                device)[data.metric]})
+                draws.append({"route": route, "score": score(model)[data.metric]})
         values = np.array([d["score"] for d in draws])
         result["random_routes"] = {"scores": values.tolist(), "routes": [d["route"] for d in draws],
                                    "mean": float(values.mean()), "std": float(values.std()),

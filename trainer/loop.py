@@ -18,6 +18,7 @@ from adamix.atomic import atomic_write
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, trainable_state
 from trainer.data import Collator, Dataset, train_batches
 from trainer.distributed import DistContext, all_reduce_gradients, assert_same_across_ranks, shard
+from trainer.embedding import EmbeddingCollator, embedding_training_loss, evaluate_embeddings
 from trainer.evaluate import evaluate
 from trainer.methods import METHODS, param_groups, training_loss
 
@@ -41,6 +42,8 @@ class TrainConfig:
     set_to_none: bool = False  # zero_grad(set_to_none=False) reproduces the paper (momentum moves every expert)
     consistency_weight: float = 1.0
     regression_consistency: str = "none"  # "mse": AdaMix on a regression head adds MSE between the two passes
+    embedding_loss: str | None = None  # embedding tasks: "cosent" (scored pairs) or "mnrl" (in-batch negatives)
+    embedding_scale: float = 20.0  # embedding tasks: the cosine scale of the objective and of the consistency KL
     seed: int = 0
     checkpoint_dir: Path | None = None
     checkpoint_every: int | None = None  # steps; a checkpoint is also written on Ctrl-C
@@ -53,6 +56,8 @@ class TrainConfig:
         keys = ("method", "lr", "epochs", "max_steps", "batch_size", "group_by_length", "max_seq_len", "warmup_ratio",
                 "weight_decay", "max_grad_norm", "set_to_none", "consistency_weight", "seed")
         extra = {"regression_consistency": self.regression_consistency} if self.regression_consistency != "none" else {}
+        if self.embedding_loss is not None:
+            extra.update(embedding_loss=self.embedding_loss, embedding_scale=self.embedding_scale)
         return {**{k: getattr(self, k) for k in keys}, **extra, "num_train": num_train}
 
 
@@ -75,12 +80,18 @@ def lr_at(step: int, total: int, warmup_ratio: float, base_lr: float) -> float:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                regression: bool, ctx: DistContext = DistContext()) -> dict[str, float]:
-    """One optimizer step of `cfg.method` on `batch`; returns the loss parts."""
+    """One optimizer step of `cfg.method` on `batch`; returns the loss parts. An embedding task (`cfg.embedding_loss`
+    set) takes an EmbeddingCollator batch: 2B rows of single texts, B scores."""
     inputs = {k: v.to(ctx.device) for k, v in batch.items() if k != "labels"}
     labels = batch["labels"].to(ctx.device)  # (B,)
     optimizer.zero_grad(set_to_none=cfg.set_to_none)
-    loss, parts = training_loss(model, inputs, labels, METHODS[cfg.method].two_pass, regression,
-                                cfg.consistency_weight, cfg.regression_consistency)
+    two_pass = METHODS[cfg.method].two_pass
+    if cfg.embedding_loss is not None:
+        loss, parts = embedding_training_loss(model, inputs, labels, two_pass, cfg.embedding_loss, cfg.embedding_scale,
+                                              cfg.consistency_weight)
+    else:
+        loss, parts = training_loss(model, inputs, labels, two_pass, regression, cfg.consistency_weight,
+                                    cfg.regression_consistency)
     loss.backward()
     all_reduce_gradients(model, ctx)
     if cfg.max_grad_norm:
@@ -101,7 +112,11 @@ def train(model: nn.Module, data: Dataset, tokenizer, cfg: TrainConfig, ctx: Dis
         raise ValueError("no training examples")
     model.to(ctx.device).train()
     regression = data.regression
-    collate = Collator(tokenizer, cfg.max_seq_len, regression)
+    if (data.task_type == "embedding") != (cfg.embedding_loss is not None):
+        raise ValueError(f"TrainConfig.embedding_loss is set exactly for embedding tasks; got "
+                         f"{cfg.embedding_loss!r} for a {data.task_type} data set")
+    collate = (EmbeddingCollator(tokenizer, cfg.max_seq_len) if cfg.embedding_loss is not None
+               else Collator(tokenizer, cfg.max_seq_len, regression))
     steps_per_epoch = len(_batches(data, cfg, 0, ctx))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -172,10 +187,15 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _evaluate(model: nn.Module, data: Dataset, collate: Collator, cfg: TrainConfig, ctx: DistContext,
-              state: TrainState, best: dict | None, steps_per_epoch: int, total: int, bar: tqdm) -> dict | None:
+def _evaluate(model: nn.Module, data: Dataset, collate: Collator | EmbeddingCollator, cfg: TrainConfig,
+              ctx: DistContext, state: TrainState, best: dict | None, steps_per_epoch: int, total: int,
+              bar: tqdm) -> dict | None:
     """Score the dev set, log it, and return the (possibly new) best trainable state."""
-    scores = evaluate(model, data.dev, collate, data.metrics, cfg.eval_batch_size, ctx.device)
+    if cfg.embedding_loss is not None:
+        scores = evaluate_embeddings(model, data.dev, collate, data.metrics, cfg.eval_batch_size, ctx.device,
+                                     cfg.embedding_scale)
+    else:
+        scores = evaluate(model, data.dev, collate, data.metrics, cfg.eval_batch_size, ctx.device)
     score = scores[data.metric]
     improved = state.best_score is None or score > state.best_score
     record = {"step": state.global_step, "epoch": round(state.global_step / steps_per_epoch, 4),

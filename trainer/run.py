@@ -10,6 +10,7 @@ from adamix.adapter_file import adapter_to_bytes, write_adapter_file
 from adamix.model import backbone_of
 from trainer.data import Dataset, load_dataset
 from trainer.distributed import DistContext, setup, teardown
+from trainer.embedding import check_embedding_arguments, load_embedding_dataset
 from trainer.experts import save_experts
 from trainer.export import merged_adapter, plot_curves, publish, push
 from trainer.loop import TrainConfig, TrainResult, train
@@ -38,12 +39,15 @@ def train_from_args(args: argparse.Namespace) -> int:
         raise ValueError("--registry / --push / --save-experts need adapters; --method full has none")
     if args.push and not args.api_key:
         raise ValueError("--push needs --api-key (an admin key of the server); nothing was trained")
-    data = load_dataset(args)
+    check_embedding_arguments(args)
+    embedding = args.task_type == "embedding"
+    data = load_embedding_dataset(args) if embedding else load_dataset(args)
     ctx = setup(args.device)
     try:
         backbone, tokenizer, info = load_backbone(args.backbone)
         backbone = backbone_of(backbone)
-        task = TaskSpec(type=data.task_type, labels=data.labels, pooling=args.pooling, max_seq_len=args.max_seq_len)
+        task = TaskSpec(type=data.task_type, labels=data.labels, pooling=args.pooling, max_seq_len=args.max_seq_len,
+                        embedding_dim=args.projection_dim)
         config = adamix_config(args.method, args.bottleneck, args.experts, args.lora_r, args.consistency_weight,
                                args.seed)
         model = build_model(args.method, backbone, task, config, args.seed)
@@ -53,7 +57,9 @@ def train_from_args(args: argparse.Namespace) -> int:
                           warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
                           max_grad_norm=args.max_grad_norm or None, set_to_none=args.zero_grad_set_to_none,
                           consistency_weight=args.consistency_weight,
-                          regression_consistency=args.regression_consistency, seed=args.seed, checkpoint_dir=ckpt_dir,
+                          regression_consistency=args.regression_consistency,
+                          embedding_loss=(args.embedding_loss or "cosent") if embedding else None,
+                          embedding_scale=args.embedding_scale or 20.0, seed=args.seed, checkpoint_dir=ckpt_dir,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, log_path=log_path)
         result = train(model, data, tokenizer, cfg, ctx)
@@ -69,6 +75,8 @@ def provenance(data: Dataset, result: TrainResult, cfg: TrainConfig, ctx: DistCo
     return {"dataset": data.name, "metric": data.metric, "score": result.best_score, "metrics": result.best_metrics,
             "method": cfg.method, "steps": result.steps, "best_step": result.best_step, "seed": cfg.seed,
             **({"regression_consistency": cfg.regression_consistency} if cfg.regression_consistency != "none" else {}),
+            **({"embedding_loss": cfg.embedding_loss, "embedding_scale": cfg.embedding_scale}
+               if cfg.embedding_loss is not None else {}),
             "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_examples": len(data.train),
             "dev_examples": len(data.dev), "world_size": ctx.world_size, "trainer": "adamix train"}
 

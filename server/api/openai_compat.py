@@ -35,7 +35,8 @@ class EmbeddingsRequest(BaseModel):
     input: str | list[str] = Field(description="A text or a list of texts; one embedding each.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: lists of numbers; base64: little-endian float32 bytes, base64-encoded.")
-    dimensions: int | None = Field(None, description="Must equal the model's size if given (no truncation).")
+    dimensions: int | None = Field(None, description="Must equal the model's size if given: embeddings are never "
+                                                     "shortened (no task's projection is truncatable).")
     user: str | None = Field(None, description="Accepted and ignored.")
 
 
@@ -95,7 +96,8 @@ async def embeddings(body: EmbeddingsRequest, state: ReadyStateDep, principal: P
                                   task_types=("embedding",))
     size = len(outcome.outputs[0])
     if body.dimensions is not None and body.dimensions != size:
-        raise InvalidInputError(f"model {body.model!r} makes {size}-dimensional embeddings, not {body.dimensions}",
+        raise InvalidInputError(f"model {body.model!r} makes {size}-dimensional embeddings, not {body.dimensions}: "
+                                f"this server does not shorten embeddings; omit dimensions or give {size}",
                                 "dimensions")
     response.headers["X-Adamix-Registry-Generation"] = str(state.registry.generation)
     data = [Embedding(index=i, embedding=_base64(v.tolist()) if body.encoding_format == "base64" else v.tolist())

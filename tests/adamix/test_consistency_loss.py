@@ -1,9 +1,11 @@
-"""consistency_loss: symmetric KL with detached targets, batchmean, token-level masking."""
+"""consistency_loss: symmetric KL with detached targets, batchmean, token-level masking; its embedding form."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from adamix import consistency_loss, regression_consistency_loss
+from adamix import consistency_loss, embedding_consistency_loss, regression_consistency_loss
 
 
 def _logits(*shape: int, seed: int) -> torch.Tensor:
@@ -107,3 +109,22 @@ def test_regression_consistency_is_symmetric_mse_with_detached_targets() -> None
     torch.testing.assert_close(regression_consistency_loss(a.view(3, 1), b.view(3, 1)), loss.detach())
     with pytest.raises(ValueError, match="equal shapes"):
         regression_consistency_loss(a, b[:2])
+
+
+def test_embedding_consistency_is_the_symmetric_kl_of_in_batch_similarities() -> None:
+    a1, b1 = F.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0]]), dim=-1), F.normalize(torch.eye(2), dim=-1)
+    a2, b2 = F.normalize(torch.tensor([[1.0, -0.3], [0.5, 1.0]]), dim=-1), b1
+
+    def kl(p: list[float], q: list[float]) -> float:  # KL(p || q)
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+    def rows(a: torch.Tensor, b: torch.Tensor) -> list[list[float]]:
+        return torch.softmax(2.0 * a @ b.T, dim=-1).tolist()
+
+    p, q = rows(a1, b1), rows(a2, b2)
+    expected = 0.5 * sum(kl(q[i], p[i]) + kl(p[i], q[i]) for i in range(2)) / 2  # batchmean over the 2 texts
+    assert float(embedding_consistency_loss(a1, b1, a2, b2, scale=2.0)) == pytest.approx(expected, rel=1e-5)
+    assert float(embedding_consistency_loss(a1, b1, a1, b1)) == 0.0  # identical passes agree
+    assert float(embedding_consistency_loss(a1[:1], b1[:1], a2[:1], b2[:1])) == 0.0  # one candidate: nothing to rank
+    with pytest.raises(ValueError, match="four equal"):
+        embedding_consistency_loss(a1, b1, a2[:1], b2)

@@ -142,6 +142,17 @@ def test_openai_errors_come_in_openai_shape(client, headers, body, status, kind,
     assert (err["type"], err["code"]) == (kind, code) and (err["param"] or "").startswith(param), err
 
 
+def test_openai_dimensions_must_be_the_models_size(setup):
+    """Embeddings are never shortened: `dimensions` equal to the size is accepted, any other is named and refused."""
+    client, info, _, _ = setup
+    for model, size in (("emb", 8), (info.name, 32)):  # the projection's rows; the tiny backbone's width
+        r = client.post("/v1/embeddings", json={"model": model, "input": "x", "dimensions": size}, headers=ADMIN)
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == size, r.text
+        err = openai_error(client.post("/v1/embeddings", json={"model": model, "input": "x", "dimensions": size - 1},
+                                       headers=ADMIN), 422)
+        assert err["param"] == "dimensions" and f"omit dimensions or give {size}" in err["message"], err
+
+
 def test_openai_models_lists_what_the_key_may_use_with_types(setup):
     client, info, _, second = setup
     listed = {m["id"]: m for m in client.get("/v1/models", headers=ADMIN).json()["data"]}
