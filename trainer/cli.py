@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                   "curves are written next to it")
     out.add_argument("--log", type=Path, help="JSONL log path (default: OUTPUT with .jsonl)")
     out.add_argument("--save-experts", type=Path, help="also save the unmerged mixture (for ablations)")
-    out.add_argument("--task-name", help="task name for --registry / --push (default: the GLUE task or OUTPUT stem)")
+    out.add_argument("--task-name", help="task name for --registry / --push (default: the GLUE task, +'-embedding' for an "
+                          "embedding run, or OUTPUT stem)")
     out.add_argument("--registry", type=Path, help="publish into this server registry directory")
     out.add_argument("--push", metavar="URL", help="upload to a running server (PUT URL/v1/adapters/TASK)")
     out.add_argument("--api-key", help="bearer key for --push")

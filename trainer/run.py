@@ -70,6 +70,16 @@ def train_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def publish_name(args: argparse.Namespace) -> str:
+    """--task-name, else the GLUE task (`stsb-embedding` for an embedding run: never the stsb regressor's name),
+    else the output file's stem."""
+    if args.task_name:
+        return args.task_name
+    if args.glue_task:
+        return args.glue_task + ("-embedding" if args.task_type == "embedding" else "")
+    return args.output.stem
+
+
 def provenance(data: Dataset, result: TrainResult, cfg: TrainConfig, ctx: DistContext) -> dict:
     """What the adapter file records about how it was made."""
     return {"dataset": data.name, "metric": data.metric, "score": result.best_score, "metrics": result.best_metrics,
@@ -96,7 +106,7 @@ def _outputs(args: argparse.Namespace, model, info, data: Dataset, result: Train
         adapter = merged_adapter(model, info, prov)
         sha = write_adapter_file(args.output, adapter)
         summary.update(output=str(args.output), sha256=sha, bytes=args.output.stat().st_size)
-        task_name = args.task_name or args.glue_task or args.output.stem
+        task_name = publish_name(args)
         if args.registry or args.push:
             data_bytes = adapter_to_bytes(adapter)
             if args.registry:

@@ -192,3 +192,15 @@ def test_trained_embedding_adapter_is_evaluated_and_served(tiny_bert_dir: Path, 
     assert len(served[0]) == (8 if "--projection-dim" in extra else backbone.config.hidden_size)
     assert torch.allclose(torch.tensor(served), expected, atol=1e-5)
     assert torch.allclose(torch.tensor(served).norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_default_publish_name_never_takes_the_glue_regressors_name() -> None:
+    from argparse import Namespace
+
+    from trainer.run import publish_name
+
+    args = dict(task_name=None, glue_task="stsb", output=Path("out/sim.safetensors"))
+    assert publish_name(Namespace(**args, task_type="embedding")) == "stsb-embedding"
+    assert publish_name(Namespace(**args, task_type=None)) == "stsb"
+    assert publish_name(Namespace(**{**args, "task_name": "mine"}, task_type="embedding")) == "mine"
+    assert publish_name(Namespace(**{**args, "glue_task": None}, task_type="embedding")) == "sim"
