@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_md import write_section  # noqa: E402
 from stats import paired_difference  # noqa: E402
 
 DEFAULT_GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -190,20 +191,20 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
             if both:
                 d = paired_difference([100 * table[a, s]["best"][0] for s in both],
                                       [100 * table[b, s]["best"][0] for s in both])
-                lines.append(f"| {a} - {b}, equal steps | {d.pairs} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |")
+                lines.append(f"| {a} - {b}, equal steps | {d.pairs} | {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |")
                 if a.startswith("adamix") and b in ("adapter", "lora"):
                     budget = {s: table[b, s]["last"] / compute_ratio for s in both}
                     d = paired_difference([100 * best_until(table[a, s]["hist"], metric, budget[s])[0] for s in both],
                                           [100 * table[b, s]["best"][0] for s in both])
                     lines.append(f"| {a} - {b}, equal compute (AdaMix evaluations up to step "
-                                 f"{min(budget.values()):.0f}) | {d.pairs} | {d.mean:+.2f} [{d.low:+.2f}, "
+                                 f"{min(budget.values()):.0f}) | {d.pairs} | {d.value:+.2f} [{d.low:+.2f}, "
                                  f"{d.high:+.2f}] |")
         merged = [results[Run(task, v, s).name] for v in variants if v.startswith("adamix") for s in seeds
                   if Run(task, v, s).name in done]
         if merged:
             d = paired_difference([100 * r["routes"]["score"] for r in merged],
                                   [100 * r["routes"]["random_routes"]["mean"] for r in merged])
-            lines.append(f"| merged - mean of 5 single random routes (AdaMix runs) | {d.pairs} | {d.mean:+.2f} "
+            lines.append(f"| merged - mean of 5 single random routes (AdaMix runs) | {d.pairs} | {d.value:+.2f} "
                          f"[{d.low:+.2f}, {d.high:+.2f}] |")
         if steps:
             every = TASKS[task][2]
@@ -234,16 +235,6 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
     return "\n".join(lines + [END]) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "paired-study")
@@ -269,7 +260,7 @@ def main() -> int:
         return 0
     if args.report:
         section = report(args.runs, args.compute_ratio)
-        write_section(args.results, section)
+        write_section(args.results, section, START, END)
         print(section)
         return 0
     if not args.glue.is_dir():

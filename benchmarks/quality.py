@@ -23,8 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adamix.cli import main as adamix  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 GLUE_DIRS = {"rte": "RTE", "sst2": "SST-2", "cola": "CoLA", "stsb": "STS-B", "mrpc": "MRPC", "qnli": "QNLI"}
 METHOD_LR = {"adamix": 1e-3, "adapter": 1e-3, "lora": 1e-3, "adamix-lora": 1e-3, "full": 5e-5}
@@ -145,16 +147,6 @@ def render(results: list[dict], tasks: list[str], methods: list[str], command: s
     return "\n".join(lines + [END]) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmark results\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["rte", "sst2", "cola", "stsb"], choices=sorted(GLUE_DIRS))
@@ -190,7 +182,7 @@ def main() -> int:
         results = [r for r in results if "step_time" not in r]
         tasks = [t for t in args.tasks if any(r["task"] == t for r in results)]
         section = render(results, tasks, args.methods, args.command or "see --json-out files", step)
-        write_section(args.results, section)
+        write_section(args.results, section, START, END)
         print(section)
         return 0
     Path(args.runs).mkdir(parents=True, exist_ok=True)
@@ -205,7 +197,8 @@ def main() -> int:
                 results.append(train_one(task, method, seed, args))
                 if args.json_out:
                     args.json_out.write_text(json.dumps(results + ([{"step_time": step}] if step else []), indent=1))
-                write_section(args.results, render(results, args.tasks, args.methods, command, step, args.backbone))
+                write_section(args.results, render(results, args.tasks, args.methods, command, step, args.backbone),
+                              START, END)
     print(render(results, args.tasks, args.methods, command, step, args.backbone))
     return 0
 

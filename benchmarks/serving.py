@@ -48,7 +48,7 @@ from server.responses import predictions  # noqa: E402
 from server.schemas import TextInput  # noqa: E402
 from server.served import AdapterKey, ServedAdapter, prepare  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from stats import Ratio, paired_ratio  # noqa: E402
+from stats import Interval, paired_ratio  # noqa: E402
 from tokenizer_rate import tokenizer_rows_per_s  # noqa: E402
 
 SST2_DEV = ROOT.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
@@ -90,7 +90,7 @@ def _seconds(t: dict, name: str) -> str:
     return f"{statistics.median(cpu):.4f} / {min(cpu):.4f} / {statistics.median(wall):.4f}"
 
 
-def ratio(t: dict, num: str, den: str, measure: str = "cpu") -> Ratio:
+def ratio(t: dict, num: str, den: str, measure: str = "cpu") -> Interval:
     """Median over the rounds of time(num) / time(den), with its bootstrap 95% interval (`stats.paired_ratio`)."""
     return paired_ratio(t[num][measure], t[den][measure])
 
@@ -136,7 +136,7 @@ class Bench:
         print(f"{name}: {value}", flush=True)
 
     def target(self, name: str, t: dict, num: str, den: str, at_most: float | None = None,
-               at_least: float | None = None) -> Ratio:
+               at_least: float | None = None) -> Interval:
         """Record ratio time(num) / time(den) (CPU on a CPU, else wall; and wall for reference) against its target."""
         r = ratio(t, num, den, self.measure)
         if at_most is not None:

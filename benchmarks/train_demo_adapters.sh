@@ -43,7 +43,7 @@ for task in ${@:-sst2 stsb cola qnli}; do
       train cola "$PREP/cola-mix" --bottleneck 16 --epochs 10 --lr 3e-3 --max-seq-len 48 --eval-every 197 \
         --checkpoint-every 197 ;;
     qnli)  # QNLI here has only the GLUE dev set: a fixed 4,000-row train part and 1,463 held-out rows
-      "$PY" benchmarks/split_qnli.py "$GLUE/QNLI" "$PREP/qnli-split"
+      "$PY" benchmarks/split_glue.py qnli "$GLUE/QNLI" "$PREP/qnli-split"
       train qnli "$PREP/qnli-split" --bottleneck 16 --epochs 3 --lr 2e-3 --max-seq-len 128 --eval-every 63 \
         --checkpoint-every 63 ;;
     rte)  train rte "$GLUE/RTE" --bottleneck 16 --epochs 3 --lr 1e-3 --max-seq-len 128 --eval-every 39 ;;

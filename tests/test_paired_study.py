@@ -15,7 +15,7 @@ from stats import paired_difference  # noqa: E402
 
 def test_paired_difference_is_the_mean_with_a_student_t_interval() -> None:
     d = paired_difference([1.0, 2.0, 4.0], [0.0, 0.5, 1.5])  # differences 1.0, 1.5, 2.5
-    assert d.mean == pytest.approx(5 / 3) and d.pairs == 3
+    assert d.value == pytest.approx(5 / 3) and d.pairs == 3
     half = 4.303 * 0.7637626158 / 3 ** 0.5  # t_{0.975,2} * sd / sqrt(n)
     assert (d.low, d.high) == (pytest.approx(5 / 3 - half, abs=1e-6), pytest.approx(5 / 3 + half, abs=1e-6))
     with pytest.raises(ValueError, match="equally many"):
@@ -49,6 +49,6 @@ def test_report_pairs_seeds_at_equal_steps_and_equal_compute(tmp_path: Path) -> 
     assert "| 250 | 70.00 | 80.00 | - |" in section
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nbefore\n")
-    paired_study.write_section(results, section)
-    paired_study.write_section(results, section)  # replaced in place, not appended twice
+    paired_study.write_section(results, section, paired_study.START, paired_study.END)
+    paired_study.write_section(results, section, paired_study.START, paired_study.END)  # replaced, not appended
     assert results.read_text().count(paired_study.START) == 1 and "before" in results.read_text()

@@ -344,6 +344,11 @@ def load_dataset(args: argparse.Namespace, need_train: bool = True) -> Dataset:
         labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
         data = load_files(args.train_file or args.dev_file, args.dev_file, args.text_column, args.label_column,
                           args.text_pair_column, labels, args.regression, args.metric)
+    return apply_limits(data, args)
+
+
+def apply_limits(data: Dataset, args: argparse.Namespace) -> Dataset:
+    """--train-limit (the same fixed random subset for every --seed) and --dev-limit (the first N rows)."""
     if getattr(args, "train_limit", None):
         keep = epoch_order(len(data.train), SUBSET_SEED, 0)[:args.train_limit].tolist()
         data.train = [data.train[i] for i in sorted(keep)]

@@ -18,7 +18,7 @@ from torch import nn
 
 from adamix import embedding_consistency_loss
 from adamix.task import MAX_EMBEDDING_DIM
-from trainer.data import (SUBSET_SEED, DataError, Dataset, Example, epoch_order, eval_batches, load_files, load_glue,
+from trainer.data import (DataError, Dataset, Example, apply_limits, eval_batches, load_files, load_glue,
                           load_glue_dev, read_table)
 from trainer.metrics import compute_metrics
 
@@ -159,12 +159,7 @@ def load_embedding_dataset(args: argparse.Namespace, need_train: bool = True) ->
         data = _as_embedding(Path(args.train_file or args.dev_file).name, train, scored(args.dev_file), args.metric)
     if any(not e.text_pair for e in data.dev):
         raise DataError("every dev pair needs both texts; an embedding dev set is scored sentence pairs")
-    if getattr(args, "train_limit", None):
-        keep = epoch_order(len(data.train), SUBSET_SEED, 0)[:args.train_limit].tolist()
-        data.train = [data.train[i] for i in sorted(keep)]
-    if args.dev_limit:
-        data.dev = data.dev[:args.dev_limit]
-    return data
+    return apply_limits(data, args)
 
 
 def check_embedding_arguments(args: argparse.Namespace) -> None:
