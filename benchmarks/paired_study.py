@@ -143,6 +143,13 @@ def execute(run: Run, runs_dir: Path, glue: Path) -> bool:
     return True
 
 
+def _cell(d) -> str:
+    """A paired difference in points with its interval (none from a single pair)."""
+    if d.pairs == 1:
+        return f"{d.value:+.2f} (one pair: no interval yet)"
+    return f"{d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+
+
 def history(runs_dir: Path, run: Run) -> list[dict]:
     path = runs_dir / run.name / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -162,7 +169,9 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
              "Commands: `OMP_NUM_THREADS=1 python benchmarks/paired_study.py` (repeat after an interruption; it "
              f"resumes), then `python benchmarks/paired_study.py --report`. Runs done: **{len(done)} of "
              f"{len(plan())}**. Design: see the script's docstring. Paired differences are means over seeds with "
-             "a Student-t 95% interval; a difference is shown only for seeds where both runs are done.", ""]
+             "a Student-t 95% interval; a difference is shown only for seeds where both runs are done."
+             + ("" if len(done) == len(plan()) else " **The study is not finished: until its pairs are done these "
+                "rows are partial and settle nothing about the claim.**"), ""]
     for task, metric, variants, pairs, steps in (
             ("sst2", "accuracy", ("adamix", "adapter", "lora"), [("adamix", "adapter"), ("adamix", "lora")], 2000),
             ("stsb", "pearson", ("adamix", "adamix-mse", "adapter"),
@@ -191,21 +200,19 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
             if both:
                 d = paired_difference([100 * table[a, s]["best"][0] for s in both],
                                       [100 * table[b, s]["best"][0] for s in both])
-                lines.append(f"| {a} - {b}, equal steps | {d.pairs} | {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}] |")
+                lines.append(f"| {a} - {b}, equal steps | {d.pairs} | {_cell(d)} |")
                 if a.startswith("adamix") and b in ("adapter", "lora"):
                     budget = {s: table[b, s]["last"] / compute_ratio for s in both}
                     d = paired_difference([100 * best_until(table[a, s]["hist"], metric, budget[s])[0] for s in both],
                                           [100 * table[b, s]["best"][0] for s in both])
                     lines.append(f"| {a} - {b}, equal compute (AdaMix evaluations up to step "
-                                 f"{min(budget.values()):.0f}) | {d.pairs} | {d.value:+.2f} [{d.low:+.2f}, "
-                                 f"{d.high:+.2f}] |")
+                                 f"{min(budget.values()):.0f}) | {d.pairs} | {_cell(d)} |")
         merged = [results[Run(task, v, s).name] for v in variants if v.startswith("adamix") for s in seeds
                   if Run(task, v, s).name in done]
         if merged:
             d = paired_difference([100 * r["routes"]["score"] for r in merged],
                                   [100 * r["routes"]["random_routes"]["mean"] for r in merged])
-            lines.append(f"| merged - mean of 5 single random routes (AdaMix runs) | {d.pairs} | {d.value:+.2f} "
-                         f"[{d.low:+.2f}, {d.high:+.2f}] |")
+            lines.append(f"| merged - mean of 5 single random routes (AdaMix runs) | {d.pairs} | {_cell(d)} |")
         if steps:
             every = TASKS[task][2]
             lines += ["", f"Mean dev {metric} by step (over the seeds each variant has):", "",
