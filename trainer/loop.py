@@ -55,10 +55,14 @@ class TrainConfig:
         """Settings that must match for `--resume` to continue the same run."""
         keys = ("method", "lr", "epochs", "max_steps", "batch_size", "group_by_length", "max_seq_len", "warmup_ratio",
                 "weight_decay", "max_grad_norm", "set_to_none", "consistency_weight", "seed")
-        extra = {"regression_consistency": self.regression_consistency} if self.regression_consistency != "none" else {}
+        return {**{k: getattr(self, k) for k in keys}, **self.objective_options(), "num_train": num_train}
+
+    def objective_options(self) -> dict:
+        """The objective's options away from their defaults (the resume signature and the provenance record them)."""
+        out = {"regression_consistency": self.regression_consistency} if self.regression_consistency != "none" else {}
         if self.embedding_loss is not None:
-            extra.update(embedding_loss=self.embedding_loss, embedding_scale=self.embedding_scale)
-        return {**{k: getattr(self, k) for k in keys}, **extra, "num_train": num_train}
+            out.update(embedding_loss=self.embedding_loss, embedding_scale=self.embedding_scale)
+        return out
 
 
 @dataclass

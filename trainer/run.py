@@ -84,9 +84,7 @@ def provenance(data: Dataset, result: TrainResult, cfg: TrainConfig, ctx: DistCo
     """What the adapter file records about how it was made."""
     return {"dataset": data.name, "metric": data.metric, "score": result.best_score, "metrics": result.best_metrics,
             "method": cfg.method, "steps": result.steps, "best_step": result.best_step, "seed": cfg.seed,
-            **({"regression_consistency": cfg.regression_consistency} if cfg.regression_consistency != "none" else {}),
-            **({"embedding_loss": cfg.embedding_loss, "embedding_scale": cfg.embedding_scale}
-               if cfg.embedding_loss is not None else {}),
+            **cfg.objective_options(),
             "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_examples": len(data.train),
             "dev_examples": len(data.dev), "world_size": ctx.world_size, "trainer": "adamix train"}
 
