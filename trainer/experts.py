@@ -64,7 +64,8 @@ def load_experts(path: str | Path, backbone: nn.Module, info: BackboneInfo) -> t
                          f"and {EXPERTS_FORMAT_VERSION})")
     check_backbone(BackboneInfo(**meta["backbone"]), info)
     t = meta["task"]
-    task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"])
+    task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"],
+                    embedding_dim=t.get("embedding_dim"))  # absent before embedding tasks
     model = AdaMixTaskModel(backbone, task)
     config = AdaMixConfig.from_dict(meta["config"])
     add_adamix(model, config)

@@ -64,3 +64,17 @@ def test_an_unknown_experts_version_is_refused(tmp_path):
     fresh = tiny_backbone("gpt2")
     with pytest.raises(ValueError, match="format_version 3 is not supported"):
         load_experts(path, fresh, backbone_info(fresh, "tiny-gpt2"))
+
+
+def test_embedding_experts_with_a_projection_load_and_give_the_saved_models_outputs(tmp_path):
+    task = TaskSpec("embedding", (), embedding_dim=8)
+    model = add_adamix(AdaMixTaskModel(tiny_backbone("bert"), task), AdaMixConfig(num_experts=3, bottleneck=4))
+    perturb_adapters(model, scale=0.1)
+    path = tmp_path / "experts.safetensors"
+    save_experts(path, model, backbone_info(model.backbone, "tiny-bert"), {"dataset": "synthetic"})
+    fresh = tiny_backbone("bert")
+    loaded, _ = load_experts(path, fresh, backbone_info(fresh, "tiny-bert"))
+    assert loaded.task == task
+    inputs = make_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs), model.eval()(**inputs), rtol=0, atol=1e-5)
