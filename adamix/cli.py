@@ -7,6 +7,8 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
+from adamix import allocator
+
 COMMAND_GROUP = "adamix.commands"
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.tune()  # every command runs forwards: keep their freed activations mapped (see adamix/allocator.py)
     return int(args.func(args) or 0)
 
 

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adamix import default_backbone_path  # noqa: E402
+from adamix import allocator, default_backbone_path  # noqa: E402
 from serving import TASKS, Bench, synthetic_adapter  # noqa: E402
 from tokenizer_rate import tokenizer_rows_per_s  # noqa: E402
 
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--tokenizer-workers", type=int, nargs="+", default=None,
                         help="worker counts for section 6 (default 0, 1, 4, 8, 16 up to the cores)")
     args = parser.parse_args()
+    allocator.tune()  # as `adamix serve` does
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="adamix-gpu-"))
     try:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adamix import AdaMixConfig, AdapterFile, TaskSpec, export_peft_lora, load_backbone  # noqa: E402
+from adamix import AdaMixConfig, AdapterFile, TaskSpec, allocator, export_peft_lora, load_backbone  # noqa: E402
 from adamix.adapter_file import adapter_to_bytes, expected_shapes  # noqa: E402
 from adamix.registry import AdapterRegistry  # noqa: E402
 from adamix.task import pool_states  # noqa: E402
@@ -65,23 +65,33 @@ def synthetic_adapter(info, kind: str, r: int, seed: int, labels=("negative", "p
 
 
 def paired(variants: dict, reps: int) -> dict[str, dict[str, list[float]]]:
-    """CPU and wall seconds of every call of each variant: `reps` rounds, one call of each per round.
+    """CPU and wall seconds of each variant per round: `reps` rounds, each variant once per round.
 
-    The order rotates every round (A B C, B C A, C A B, ...), so a slow drift of this shared machine hits every
-    variant alike; round k of A and round k of B form one pair. CPU time of this process is the primary
-    measure: with one torch thread it is the work done, and other processes' load inflates wall time unevenly.
-    One warm-up call each first.
+    A variant is a callable, or a list of pieces that together make one call (a batch's length groups): then
+    piece j of every variant runs before piece j + 1 of any, so the variants alternate every ~0.1 s rather
+    than every call, and a drift of this shared machine hits them alike (pieces of a variant sum to its time
+    for the round). The order rotates every round and piece (A B C, B C A, ...); round k of A and round k of B
+    form one pair. CPU time of this process is the primary measure: with one torch thread it is the work done,
+    and other processes' load inflates wall time unevenly. One warm-up round first.
     """
-    for fn in variants.values():
-        fn()
-    names = list(variants)
+    pieces = {name: fn if isinstance(fn, list) else [fn] for name, fn in variants.items()}
+    if len({len(p) for p in pieces.values()}) != 1:
+        raise ValueError("every variant needs as many pieces")
+    names = list(pieces)
     times = {name: {"cpu": [], "wall": []} for name in names}
-    for k in range(reps):
-        for name in names[k % len(names):] + names[:k % len(names)]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            variants[name]()
-            times[name]["cpu"].append(time.process_time() - start_cpu)
-            times[name]["wall"].append(time.perf_counter() - start)
+    for k in range(-1, reps):  # round -1: warm-up, not recorded
+        round_cpu, round_wall = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for j in range(len(pieces[names[0]])):
+            at = (k + j) % len(names)
+            for name in names[at:] + names[:at]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                pieces[name][j]()
+                round_cpu[name] += time.process_time() - start_cpu
+                round_wall[name] += time.perf_counter() - start
+        if k >= 0:
+            for name in names:
+                times[name]["cpu"].append(round_cpu[name])
+                times[name]["wall"].append(round_wall[name])
     return times
 
 
@@ -160,31 +170,45 @@ class Bench:
 
     # ------------------------------------------------------------------ 1 + 2
 
+    def groups(self, texts: list[str]) -> list[list[int]]:
+        """The length groups (row indices) the engine forms for these texts."""
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
+        return length_groups(lengths, self.engine.executor._forward_cost_tokens)
+
     def grouped(self, texts: list[str]) -> list[dict]:
         """Tokenised, padded inputs for the same length groups the engine forms for these texts."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
         return [self.tokenizer([texts[i] for i in g], padding=True, truncation=True, max_length=128,
-                               return_tensors="pt").to(self.device)
-                for g in length_groups(lengths, self.engine.executor._forward_cost_tokens)]
+                               return_tensors="pt").to(self.device) for g in self.groups(texts)]
 
     def forward_overhead_and_mixing(self) -> None:
+        """Sections 1 and 2, interleaved by length group: piece j of a variant is the batch's j-th length group
+        (the one forward the engine runs for those rows), so every variant does exactly the engine's forwards."""
         bare = self.load()[0]
-        groups = self.grouped(self.batch)  # the bare backbone gets the engine's length groups too
+        groups = self.groups(self.batch)
+        encs = self.grouped(self.batch)  # the bare backbone gets the engine's length groups too
         adapters = [synthetic_adapter(self.info, "adapter", 16, i) for i in range(TASKS)]
         head_w, head_b = (adapters[0].tensors[k].to(self.device, self.dtype) for k in ("head.weight", "head.bias"))
 
-        def bare_forward():
+        def bare_forward(enc):
             with torch.inference_mode():
-                for enc in groups:
-                    out = bare(**enc)
-                    pooled = pool_states(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
-                    torch.softmax(F.linear(pooled, head_w, head_b), -1).tolist()
+                out = bare(**enc)
+                pooled = pool_states(out.last_hidden_state, enc["attention_mask"], "mean")  # (b, d)
+                torch.softmax(F.linear(pooled, head_w, head_b), -1).tolist()
+
+        def engine_pieces(rows: list[Row]) -> list:
+            pieces = [[rows[i] for i in g] for g in groups]
+            cost = self.engine.executor._forward_cost_tokens
+            if any(len(length_groups([len(r.input_ids) for r in p], cost)) != 1 for p in pieces):
+                raise RuntimeError("the engine would split a length group again: pieces would not be its forwards")
+            return [lambda p=p: self.run(p) for p in pieces]
 
         one = self.rows([self.serve("t0", adapters[0])] * self.n, self.batch)
         served = [self.serve(f"t{i}", a) for i, a in enumerate(adapters)]
         mixed = self.rows([served[i % TASKS] for i in range(self.n)], self.batch)
-        t = paired({"bare": bare_forward, "one": lambda: self.run(one), "mixed": lambda: self.run(mixed)}, self.reps)
-        self.record(f"1. bare backbone forward, {self.n} rows (s: median CPU / fastest CPU / median wall)", _seconds(t, "bare"))
+        t = paired({"bare": [lambda e=e: bare_forward(e) for e in encs], "one": engine_pieces(one),
+                    "mixed": engine_pieces(mixed)}, self.reps)
+        self.record(f"1. bare backbone forward, {self.n} rows in {len(groups)} length groups (s: median CPU / "
+                    "fastest CPU / median wall)", _seconds(t, "bare"))
         self.record(f"1. merged adapter r=16, one task, {self.n} rows (s)", _seconds(t, "one"))
         self.target("1. time merged adapter / bare backbone", t, "one", "bare", at_most=1.02)
         self.record(f"2. {self.n} rows over {TASKS} tasks (s)", _seconds(t, "mixed"))
@@ -222,8 +246,7 @@ class Bench:
         # the engine's length groups (isolates the cost of the per-row adapter mechanism).
         whole = self.tokenizer(self.batch, padding=True, truncation=True, max_length=128,
                                return_tensors="pt").to(self.device)
-        lengths = [len(ids) for ids in self.tokenizer(self.batch, truncation=True, max_length=128)["input_ids"]]
-        split = length_groups(lengths, self.engine.executor._forward_cost_tokens)
+        split = self.groups(self.batch)
         split_encs = self.grouped(self.batch)
 
         def peft_batch(enc, rows: list[int]):
@@ -237,7 +260,7 @@ class Bench:
         served = [self.serve(f"l{i}", a) for i, a in enumerate(adapters)]
         mixed = self.rows([served[i % TASKS] for i in range(self.n)], self.batch)
         t = paired({"peft": peft_one_batch, "peft_grouped": peft_grouped, "ours": lambda: self.run(mixed)},
-                   max(2, self.reps * 2 // 3))
+                   max(2, self.reps // 5))
         self.record(f"3. peft adapter_names, {self.n} rows / {TASKS} adapters, one padded batch (s)", _seconds(t, "peft"))
         self.record("3. peft adapter_names, same length groups as ours (s)", _seconds(t, "peft_grouped"))
         self.record(f"3. ours, same {TASKS} LoRA tasks mixed (s)", _seconds(t, "ours"))
@@ -352,7 +375,7 @@ class Bench:
             texts = [self.sentences[j] for j in rng.choice(len(self.sentences), self.n)]
             return self.run(self.rows([resolve(hot[0])] * self.n, texts))
 
-        t = paired({"zipf": zipf_batch, "single": single_batch}, self.reps)
+        t = paired({"zipf": zipf_batch, "single": single_batch}, max(2, self.reps // 3))
         self.record(f"5. 64-row batch, Zipf(1.1) over {active} of {len(names)} tasks (s)", _seconds(t, "zipf"))
         self.record("5. 64-row batch, one task (s)", _seconds(t, "single"))
         self.target("5. throughput Zipf / single task", t, "single", "zipf", at_least=0.9)
@@ -367,7 +390,8 @@ class Bench:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=60, help="paired rounds per comparison (section 3: 2/3)")
+    parser.add_argument("--reps", type=int, default=100,
+                        help="paired rounds for sections 1 and 2 (section 3: a fifth, section 5: a third)")
     parser.add_argument("--tasks", type=int, default=10_000, help="registered tasks for section 5")
     parser.add_argument("--active", type=int, default=1_000, help="tasks receiving Zipf traffic in section 5")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "adamix-bench",
@@ -378,6 +402,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    allocator.tune()  # as `adamix serve` does, for every variant alike
     bench = Bench(args.reps)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pool slots {bench.pool.num_slots}")
     start = time.perf_counter()

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from adamix import allocator
 from server.api import adapters, health, oip, openai_compat, predict
 from server.deps import authorize
 from server.errors import install_error_handlers
@@ -30,6 +31,7 @@ class AdaMixApp(FastAPI):
 def create_app(settings: Settings | None = None, tracer_provider=None) -> FastAPI:
     """`tracer_provider`: an OpenTelemetry SDK provider to trace to (default: the settings' otlp_endpoint)."""
     settings = settings or Settings()
+    allocator.tune()  # here too, for apps not started by the `adamix` command (Ray replicas, plain uvicorn)
     state = ServerState(settings, tracer_provider)
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ group, every forward under `torch.inference_mode`.
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import contextvars
 import logging
@@ -153,16 +154,20 @@ class Executor:
         self.pool.pinned.add(adapter.key)
 
     def _pad(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        T = max(len(r.input_ids) for r in rows)
-        pad = self.pad_token_id
-        ids = torch.tensor([r.input_ids + [pad] * (T - len(r.input_ids)) for r in rows])  # (B, T), right padding
-        mask = torch.tensor([[1] * len(r.input_ids) + [0] * (T - len(r.input_ids)) for r in rows])  # (B, T)
+        """(B, T) input ids (right-padded), attention mask and token types (None when no row has them).
+
+        Each field goes in as one flat int64 buffer scattered under the mask: `torch.tensor` on nested Python
+        lists converts item by item, and this takes about half its CPU time (13 rows of 1 to 30 tokens)."""
+        lengths = _longs(len(r.input_ids) for r in rows)  # (B,)
+        mask = torch.arange(int(lengths.max())) < lengths[:, None]  # (B, T) bool
+        ids = torch.full(mask.shape, self.pad_token_id, dtype=torch.long)
+        ids[mask] = _longs(t for r in rows for t in r.input_ids)
         types = None
         if any(r.token_type_ids is not None for r in rows):
-            types = torch.tensor([(r.token_type_ids or [0] * len(r.input_ids)) + [0] * (T - len(r.input_ids))
-                                  for r in rows])  # (B, T)
+            types = torch.zeros(mask.shape, dtype=torch.long)
+            types[mask] = _longs(t for r in rows for t in (r.token_type_ids or [0] * len(r.input_ids)))
         to = self.device
-        return ids.to(to), mask.to(to), None if types is None else types.to(to)
+        return ids.to(to), mask.long().to(to), None if types is None else types.to(to)
 
     def _pool_rows(self, out, attention_mask: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """Each row's token states pooled the way its task pools them: (B, d)."""
@@ -187,6 +192,11 @@ class Executor:
         m.cache_bytes.labels("device").set(self.pool.nbytes())
         m.batch_size.observe(rows)
         m.batch_tasks.observe(keys)
+
+
+def _longs(values) -> torch.Tensor:
+    """A 1-D int64 tensor from Python ints, through one buffer."""
+    return torch.frombuffer(array.array("q", values), dtype=torch.long)
 
 
 def length_groups(lengths: list[int], forward_cost: int) -> list[list[int]]:
