@@ -159,7 +159,7 @@ def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec
                     version: int = FORMAT_VERSION) -> dict[str, tuple[int, ...]]:
     """Every key a valid file of `version` for (config, backbone, task) holds, with its shape."""
     d, r = backbone.hidden_size, config.lora_r
-    slices = lora_slices(config, backbone.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, backbone.model_type)
     shapes: dict[str, tuple[int, ...]] = {}
     for site in site_names(config, backbone.model_type, backbone.num_layers):
         if config.kind == "adapter":
@@ -384,7 +384,7 @@ def _pack_fused_lora(tensors: dict[str, torch.Tensor], config: AdaMixConfig, inf
                      version: int) -> dict[str, torch.Tensor]:
     """A pre-version-4 file's fused q|k|v LoRA B (3d, n * r) -> the per-slice (n * d, r): the masked zeros are
     dropped, every other value kept exactly; a non-zero value off its target's block is refused."""
-    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, info.model_type)
     if slices is None:
         return tensors
     out = dict(tensors)

@@ -79,7 +79,7 @@ def _fused_lora_per_slice(tensors: dict[str, torch.Tensor], config: AdaMixConfig
                           info: BackboneInfo) -> dict[str, torch.Tensor]:
     """A version-1 checkpoint's fused GPT-2 LoRA B experts, dense (3d, n * r), -> per slice (n * d, r). Version 1
     masked B in its forward, so the values dropped off the targets' blocks never reached an output."""
-    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, info.model_type)
     if slices is None:
         return tensors
     dense = (FUSED_SLICES * info.hidden_size, len(slices) * config.lora_r)  # other shapes: load_trainable refuses
