@@ -59,6 +59,7 @@ def _check_labels(data: Dataset, task) -> None:
 
 def evaluate_file(args: argparse.Namespace) -> dict:
     from adamix import load_backbone, read_adapter_file, task_model_from_adapter
+    from adamix.losses import EMBEDDING_SCALE
     from adamix.model import backbone_of
     from trainer.embedding import load_embedding_dataset
     from trainer.evaluate import collator_for, evaluate_dev
@@ -83,8 +84,9 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     _check_labels(data, task)
     model.to(device).eval()
     collate = collator_for(data, tokenizer, task.max_seq_len)
-    scale = prov.get("embedding_scale")  # embedding: the dev CoSENT loss at the training scale (20 if not recorded)
-    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 else 20.0
+    scale = prov.get("embedding_scale")  # embedding: the dev CoSENT loss at the training scale (default if unrecorded)
+    recorded = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
+    scale = float(scale) if recorded else EMBEDDING_SCALE
 
     def score(m) -> dict[str, float]:
         return evaluate_dev(m, data, collate, args.batch_size, device, scale)

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adamix.atomic import atomic_write
+from adamix.losses import EMBEDDING_SCALE
 
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, trainable_state
 from trainer.data import Collator, Dataset, train_batches
@@ -43,7 +44,7 @@ class TrainConfig:
     consistency_weight: float = 1.0
     regression_consistency: str = "none"  # "mse": AdaMix on a regression head adds MSE between the two passes
     embedding_loss: str | None = None  # embedding tasks: "cosent" (scored pairs) or "mnrl" (in-batch negatives)
-    embedding_scale: float = 20.0  # embedding tasks: the cosine scale of the objective and of the consistency KL
+    embedding_scale: float = EMBEDDING_SCALE  # embedding tasks: the cosine scale of the objective and consistency KL
     seed: int = 0
     checkpoint_dir: Path | None = None
     checkpoint_every: int | None = None  # steps; a checkpoint is also written on Ctrl-C
