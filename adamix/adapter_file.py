@@ -22,7 +22,7 @@ from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
 from adamix.layers import FUSED_SLICES, dense_fused_b, pack_fused_b
 from adamix.model import lora_slices, site_names
-from adamix.task import TaskSpec
+from adamix.task import TASK_KEYS, TaskSpec
 from adamix.values import FLOAT32_MAX, out_of_range
 
 FORMAT_NAME = "adamix-adapter"
@@ -311,17 +311,16 @@ def _parse_metadata(raw: str) -> tuple[int, AdaMixConfig, BackboneInfo, TaskSpec
         raise AdapterFileError(f"metadata.backbone sizes out of range: {b}", "backbone")
     info = BackboneInfo(**b)
     t = _require(meta["task"], dict, "task")
-    task_fields = {"type", "labels", "pooling", "max_seq_len"} | ({"embedding_dim"} if version >= 3 else set())
+    task_fields = set(TASK_KEYS) | ({"embedding_dim"} if version >= 3 else set())  # exact: since 3 embedding_dim
     if set(t) != task_fields:
         raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)} in format_version {version}, got "
                                f"{sorted(t)[:8]}", "task")
-    labels = tuple(_require(t["labels"], list, "task.labels"))
+    _require(t["labels"], list, "task.labels")  # before from_dict, for this field name
     since = _TASK_TYPE_SINCE.get(t["type"]) if isinstance(t["type"], str) else None
     if since is not None and version < since:
         raise AdapterFileError(f"metadata.task.type {t['type']!r} needs format_version {since}", "task.type")
     try:
-        task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"],
-                        embedding_dim=t.get("embedding_dim"))
+        task = TaskSpec.from_dict(t)
     except (ValueError, TypeError) as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")
