@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from adamix.backbone import BackboneInfo
 from adamix.config import AdaMixConfig
 from adamix.layers import FUSED_SLICES, dense_fused_b, pack_fused_b
 from adamix.model import lora_slices, site_names
-from adamix.task import TaskSpec
+from adamix.task import TASK_KEYS, TaskSpec
+from adamix.values import FLOAT32_MAX, out_of_range
 
 FORMAT_NAME = "adamix-adapter"
 FORMAT_VERSION = 4  # written; read: 1, 2 (adds pair_regression), 3 (adds embedding and task.embedding_dim), 4
@@ -159,7 +159,7 @@ def expected_shapes(config: AdaMixConfig, backbone: BackboneInfo, task: TaskSpec
                     version: int = FORMAT_VERSION) -> dict[str, tuple[int, ...]]:
     """Every key a valid file of `version` for (config, backbone, task) holds, with its shape."""
     d, r = backbone.hidden_size, config.lora_r
-    slices = lora_slices(config, backbone.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, backbone.model_type)
     shapes: dict[str, tuple[int, ...]] = {}
     for site in site_names(config, backbone.model_type, backbone.num_layers):
         if config.kind == "adapter":
@@ -311,17 +311,16 @@ def _parse_metadata(raw: str) -> tuple[int, AdaMixConfig, BackboneInfo, TaskSpec
         raise AdapterFileError(f"metadata.backbone sizes out of range: {b}", "backbone")
     info = BackboneInfo(**b)
     t = _require(meta["task"], dict, "task")
-    task_fields = {"type", "labels", "pooling", "max_seq_len"} | ({"embedding_dim"} if version >= 3 else set())
+    task_fields = set(TASK_KEYS) | ({"embedding_dim"} if version >= 3 else set())  # exact: since 3 embedding_dim
     if set(t) != task_fields:
         raise AdapterFileError(f"metadata.task keys must be {sorted(task_fields)} in format_version {version}, got "
                                f"{sorted(t)[:8]}", "task")
-    labels = tuple(_require(t["labels"], list, "task.labels"))
+    _require(t["labels"], list, "task.labels")  # before from_dict, for this field name
     since = _TASK_TYPE_SINCE.get(t["type"]) if isinstance(t["type"], str) else None
     if since is not None and version < since:
         raise AdapterFileError(f"metadata.task.type {t['type']!r} needs format_version {since}", "task.type")
     try:
-        task = TaskSpec(type=t["type"], labels=labels, pooling=t["pooling"], max_seq_len=t["max_seq_len"],
-                        embedding_dim=t.get("embedding_dim"))
+        task = TaskSpec.from_dict(t)
     except (ValueError, TypeError) as exc:
         raise AdapterFileError(f"metadata.task: {exc}", "task") from None
     provenance = _require(meta["provenance"], dict, "provenance")
@@ -372,26 +371,25 @@ def check_tensors(adapter: AdapterFile) -> None:
         if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
             raise AdapterFileError(f"tensor {key!r} must be float32 {list(shape)}, got {tensor.dtype} "
                                    f"{list(tensor.shape)}", key)
-    # One aminmax over every value (the cold-load path; ~15x faster than isfinite().all()): a NaN propagates into
-    # it, an infinity is one of its ends. The offending tensor is looked for only on failure.
-    values = torch.cat([adapter.tensors[key].reshape(-1) for key in expected])  # every value, (N,)
-    if values.numel() and not all(math.isfinite(v) for v in torch.aminmax(values)):
-        key = next(k for k in expected if not torch.isfinite(adapter.tensors[k]).all())
-        raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
+    _check_finite({key: adapter.tensors[key] for key in expected})
+
+
+def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
+    if (bad := out_of_range(tensors, FLOAT32_MAX)) is not None:  # float32: NaN, or inf (beyond the largest finite)
+        raise AdapterFileError(f"tensor {bad[0]!r} has non-finite values (NaN or inf)", bad[0])
 
 
 def _pack_fused_lora(tensors: dict[str, torch.Tensor], config: AdaMixConfig, info: BackboneInfo,
                      version: int) -> dict[str, torch.Tensor]:
     """A pre-version-4 file's fused q|k|v LoRA B (3d, n * r) -> the per-slice (n * d, r): the masked zeros are
     dropped, every other value kept exactly; a non-zero value off its target's block is refused."""
-    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, info.model_type)
     if slices is None:
         return tensors
     out = dict(tensors)
     for site in site_names(config, info.model_type, info.num_layers):
         key = tensor_key("lora", site, "B")
-        if not torch.isfinite(tensors[key]).all():  # checked first: a NaN would also fail the exact comparison
-            raise AdapterFileError(f"tensor {key!r} has non-finite values (NaN or inf)", key)
+        _check_finite({key: tensors[key]})  # checked first: a NaN would also fail the exact comparison
         out[key], exact = pack_fused_b(tensors[key], slices)
         if not exact:
             raise AdapterFileError(f"tensor {key!r} (format_version {version}, one dense (3d, n * r) B) is non-zero "

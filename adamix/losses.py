@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+EMBEDDING_SCALE = 20.0  # the default cosine scale of an embedding objective and of its consistency KL
+
 
 def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric KL between two stochastic passes: `0.5 * (KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b))`.
@@ -48,7 +50,7 @@ def regression_consistency_loss(out_a: torch.Tensor, out_b: torch.Tensor) -> tor
 
 
 def embedding_consistency_loss(texts_a: torch.Tensor, pairs_a: torch.Tensor, texts_b: torch.Tensor,
-                               pairs_b: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+                               pairs_b: torch.Tensor, scale: float = EMBEDDING_SCALE) -> torch.Tensor:
     """AdaMix's consistency for an embedding objective: the symmetric KL above between two stochastic passes'
     in-batch similarity distributions.
 

@@ -112,9 +112,9 @@ def add_adamix(model: nn.Module, config: AdaMixConfig) -> nn.Module:
 
 
 def lora_slices(config: AdaMixConfig, model_type: str) -> tuple[int, ...] | None:
-    """For a fused q|k|v projection (GPT-2 c_attn): the output slice each LoRA target feeds, in target order
-    (the order of A's rank-r blocks); None where every target is its own layer."""
-    if not architecture_for(model_type).fused_qkv:
+    """For a LoRA config on a fused q|k|v projection (GPT-2 c_attn): the output slice each LoRA target feeds, in
+    target order (the order of A's rank-r blocks); None where every target is its own layer, or for adapters."""
+    if config.kind != "lora" or not architecture_for(model_type).fused_qkv:
         return None
     return tuple(_QKV_INDEX[t] for t in config.lora_targets)
 

@@ -18,6 +18,7 @@ TASK_TYPES = ("classification", "pair_classification", "regression", "pair_regre
 MAX_LABEL_CHARS = 128
 MAX_EMBEDDING_DIM = 8192
 POOLINGS = ("mean", "cls", "pooler", "last")
+TASK_KEYS = frozenset(("type", "labels", "pooling", "max_seq_len"))  # a task section's keys besides embedding_dim
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,18 @@ class TaskSpec:
         data = asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> TaskSpec:
+        """The inverse of `to_dict` for a task section read from JSON, checked (a ValueError says what is wrong).
+        `embedding_dim` may be absent (sections written before embedding tasks); no other key is allowed."""
+        if not isinstance(data, dict) or not TASK_KEYS <= set(data) <= {*TASK_KEYS, "embedding_dim"}:
+            got = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"a task section holds the keys {sorted(TASK_KEYS)} and optionally embedding_dim, "
+                             f"got {ascii(got)[:200]}")
+        if not isinstance(data["labels"], list):
+            raise ValueError(f"task labels must be a list, got {type(data['labels']).__name__}")
+        return cls(data["type"], tuple(data["labels"]), data["pooling"], data["max_seq_len"], data.get("embedding_dim"))
 
 
 def _is_label(x: object) -> bool:

@@ -1,13 +1,13 @@
 """A served adapter: one (task, version) prepared once, when the host cache loads it, never per request."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from adamix import AdapterFile, TaskSpec
 from adamix.adapter_file import AdapterWeights, LoRAWeights, tensor_key
+from adamix.values import FLOAT32_MAX, out_of_range
 from server.errors import UnservableAdapterError
 
 
@@ -26,7 +26,7 @@ class ServingLimits:
     max_rank: int
     max_labels: int
     has_pooler: bool
-    max_value: float = float(torch.finfo(torch.float32).max)  # the pool dtype's largest finite value
+    max_value: float = FLOAT32_MAX  # the pool dtype's largest finite value
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,23 +66,11 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
     if task.pooling == "pooler" and not limits.has_pooler:
         raise UnservableAdapterError("task pools with the backbone's pooler, and this backbone has none",
                                      "task.pooling")
-    values = dict(_served_values(adapter))
-    if not _largest(values.values()) <= limits.max_value:  # one pass over every value; also catches inf, NaN
-        for name, tensor in values.items():
-            largest = _largest([tensor])
-            if not largest <= limits.max_value:
-                raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
-                                             f"values up to {limits.max_value:.3g} (setting dtype)",
-                                             name.partition(" ")[0])
-
-
-def _largest(tensors) -> float:
-    """The largest magnitude over `tensors` (NaN if any value is NaN; 0 for no values)."""
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    if not flat.numel():
-        return 0.0
-    low, high = torch.aminmax(flat)  # one reduction; NaN propagates into both
-    return max(-float(low), float(high)) if not math.isnan(float(low)) else float("nan")
+    bad = out_of_range(dict(_served_values(adapter)), limits.max_value)  # one pass over every value; inf, NaN too
+    if bad is not None:
+        name, largest = bad
+        raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
+                                     f"values up to {limits.max_value:.3g} (setting dtype)", name.partition(" ")[0])
 
 
 def _served_values(adapter: AdapterFile):

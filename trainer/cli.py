@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from adamix.losses import EMBEDDING_SCALE
 from trainer.data import DataError, add_data_arguments
 from trainer.embedding import EMBEDDING_LOSSES
 from trainer.methods import METHODS, REGRESSION_CONSISTENCY
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="embedding: cosent (default; scored pairs, e.g. STS-B) or mnrl (positive pairs, in-batch "
                         "negatives; with --glue-task stsb the train pairs scored >= 4 of 5)")
     e.add_argument("--embedding-scale", type=float,
-                   help="embedding: the cosine scale of the loss and of AdaMix's consistency KL (default 20)")
+                   help=f"embedding: the cosine scale of the loss and of AdaMix's consistency KL (default "
+                        f"{EMBEDDING_SCALE:g})")
     e.add_argument("--projection-dim", type=int,
                    help="embedding: add a trained linear projection to this many dimensions (default: none, the "
                         "backbone's own width)")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamix import embedding_consistency_loss
+from adamix.losses import EMBEDDING_SCALE
 from adamix.task import MAX_EMBEDDING_DIM
 from trainer.data import (DataError, Dataset, Example, apply_limits, eval_batches, load_files, load_glue,
                           load_glue_dev, read_table)
@@ -27,7 +28,7 @@ EMBEDDING_METRICS = ("spearman", "pearson")  # of cosine against the gold scores
 MNRL_MIN_SCORE = 4.0  # --glue-task stsb with mnrl: train pairs scored >= 4 of 5 are the positives
 
 
-def cosent_loss(cos: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+def cosent_loss(cos: torch.Tensor, scores: torch.Tensor, scale: float = EMBEDDING_SCALE) -> torch.Tensor:
     """CoSENT: `log(1 + sum over (i, j) with score_i > score_j of exp(scale * (cos_j - cos_i)))`.
 
     `cos` (B,) cosines of the pairs, `scores` (B,) their gold similarity. Only the order of the scores matters: every
@@ -38,7 +39,7 @@ def cosent_loss(cos: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) ->
     return torch.logsumexp(torch.cat([diff.new_zeros(1), diff[above]]), dim=0)
 
 
-def in_batch_negatives_loss(texts: torch.Tensor, pairs: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+def in_batch_negatives_loss(texts: torch.Tensor, pairs: torch.Tensor, scale: float = EMBEDDING_SCALE) -> torch.Tensor:
     """Multiple-negatives ranking (InfoNCE): text i must pick its own pair i among the batch's B second texts.
 
     `texts`, `pairs` (B, p) unit vectors: `CE(scale * texts @ pairs.T, arange(B))`, mean over the batch.
@@ -109,7 +110,7 @@ def pair_cosines(model: nn.Module, examples: Sequence[Example], collate: Embeddi
 
 def evaluate_embeddings(model: nn.Module, examples: Sequence[Example], collate: EmbeddingCollator,
                         metrics: Sequence[str], batch_size: int, device: torch.device,
-                        scale: float = 20.0) -> dict[str, float]:
+                        scale: float = EMBEDDING_SCALE) -> dict[str, float]:
     """`{spearman, pearson: of cosine vs gold, "loss": the CoSENT loss of the whole dev set}`."""
     if len(examples) < 2:
         raise ValueError(f"an embedding dev set needs at least 2 scored pairs for a correlation, got {len(examples)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.data import Collator, DataError, Dataset, add_data_arguments, load_dataset
+from trainer.data import DataError, Dataset, add_data_arguments, load_dataset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,9 +59,10 @@ def _check_labels(data: Dataset, task) -> None:
 
 def evaluate_file(args: argparse.Namespace) -> dict:
     from adamix import load_backbone, read_adapter_file, task_model_from_adapter
+    from adamix.losses import EMBEDDING_SCALE
     from adamix.model import backbone_of
-    from trainer.embedding import EmbeddingCollator, evaluate_embeddings, load_embedding_dataset
-    from trainer.evaluate import evaluate
+    from trainer.embedding import load_embedding_dataset
+    from trainer.evaluate import collator_for, evaluate_dev
     from trainer.experts import file_kind, load_experts, single_route
 
     if not args.adapter.is_file():
@@ -82,18 +83,13 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     data = load_embedding_dataset(args, need_train=False) if embedding else load_dataset(args, need_train=False)
     _check_labels(data, task)
     model.to(device).eval()
-    if embedding:  # scored pairs: Spearman / Pearson of the two texts' cosine
-        collate = EmbeddingCollator(tokenizer, task.max_seq_len)
-        scale = prov.get("embedding_scale")  # the dev CoSENT loss at the training scale (20 when not recorded)
-        scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 else 20.0
+    collate = collator_for(data, tokenizer, task.max_seq_len)
+    scale = prov.get("embedding_scale")  # embedding: the dev CoSENT loss at the training scale (default if unrecorded)
+    recorded = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
+    scale = float(scale) if recorded else EMBEDDING_SCALE
 
-        def score(m) -> dict[str, float]:
-            return evaluate_embeddings(m, data.dev, collate, data.metrics, args.batch_size, device, scale)
-    else:
-        collate = Collator(tokenizer, task.max_seq_len, task.regression)
-
-        def score(m) -> dict[str, float]:
-            return evaluate(m, data.dev, collate, data.metrics, args.batch_size, device)
+    def score(m) -> dict[str, float]:
+        return evaluate_dev(m, data, collate, args.batch_size, device, scale)
     scores = score(model)
     result = {"adapter": str(args.adapter), "dataset": data.name, "metric": data.metric,
               "score": scores[data.metric], "metrics": {k: scores[k] for k in data.metrics},

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.data import Collator, Example, eval_batches
+from trainer.data import Collator, Dataset, Example, eval_batches
+from trainer.embedding import EmbeddingCollator, evaluate_embeddings
 from trainer.methods import task_loss
 from trainer.metrics import compute_metrics
 
@@ -39,3 +40,19 @@ def evaluate(model: nn.Module, examples: Sequence[Example], collate: Collator, m
     preds, loss = predict(model, examples, collate, batch_size, device)
     labels = np.array([e.label for e in examples])
     return {**compute_metrics(tuple(metrics), preds, labels), "loss": loss}
+
+
+def collator_for(data: Dataset, tokenizer, max_seq_len: int) -> Collator | EmbeddingCollator:
+    """The batches `data` is trained and scored on: an embedding task's 2B single-text rows, else the head's."""
+    if data.task_type == "embedding":
+        return EmbeddingCollator(tokenizer, max_seq_len)
+    return Collator(tokenizer, max_seq_len, data.regression)
+
+
+def evaluate_dev(model: nn.Module, data: Dataset, collate: Collator | EmbeddingCollator, batch_size: int,
+                 device: torch.device, embedding_scale: float) -> dict[str, float]:
+    """`data.dev`'s scores (training's best-state choice and `adamix eval` alike): an embedding task's
+    correlations of cosine with the dev CoSENT loss at `embedding_scale`, else the head's metrics and task loss."""
+    if data.task_type == "embedding":
+        return evaluate_embeddings(model, data.dev, collate, data.metrics, batch_size, device, embedding_scale)
+    return evaluate(model, data.dev, collate, data.metrics, batch_size, device)

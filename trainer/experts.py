@@ -63,9 +63,10 @@ def load_experts(path: str | Path, backbone: nn.Module, info: BackboneInfo) -> t
         raise ValueError(f"{path}: --save-experts format_version {version!r} is not supported (this reader reads 1 "
                          f"and {EXPERTS_FORMAT_VERSION})")
     check_backbone(BackboneInfo(**meta["backbone"]), info)
-    t = meta["task"]
-    task = TaskSpec(type=t["type"], labels=tuple(t["labels"]), pooling=t["pooling"], max_seq_len=t["max_seq_len"],
-                    embedding_dim=t.get("embedding_dim"))  # absent before embedding tasks
+    try:
+        task = TaskSpec.from_dict(meta.get("task"))  # checked as an adapter file's task section is
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: the --save-experts checkpoint's task section is invalid: {exc}") from None
     model = AdaMixTaskModel(backbone, task)
     config = AdaMixConfig.from_dict(meta["config"])
     add_adamix(model, config)
@@ -79,7 +80,7 @@ def _fused_lora_per_slice(tensors: dict[str, torch.Tensor], config: AdaMixConfig
                           info: BackboneInfo) -> dict[str, torch.Tensor]:
     """A version-1 checkpoint's fused GPT-2 LoRA B experts, dense (3d, n * r), -> per slice (n * d, r). Version 1
     masked B in its forward, so the values dropped off the targets' blocks never reached an output."""
-    slices = lora_slices(config, info.model_type) if config.kind == "lora" else None
+    slices = lora_slices(config, info.model_type)
     if slices is None:
         return tensors
     dense = (FUSED_SLICES * info.hidden_size, len(slices) * config.lora_r)  # other shapes: load_trainable refuses

@@ -14,12 +14,13 @@ from torch import nn
 from tqdm import tqdm
 
 from adamix.atomic import atomic_write
+from adamix.losses import EMBEDDING_SCALE
 
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, trainable_state
 from trainer.data import Collator, Dataset, train_batches
 from trainer.distributed import DistContext, all_reduce_gradients, assert_same_across_ranks, shard
-from trainer.embedding import EmbeddingCollator, embedding_training_loss, evaluate_embeddings
-from trainer.evaluate import evaluate
+from trainer.embedding import EmbeddingCollator, embedding_training_loss
+from trainer.evaluate import collator_for, evaluate_dev
 from trainer.methods import METHODS, param_groups, training_loss
 
 
@@ -43,7 +44,7 @@ class TrainConfig:
     consistency_weight: float = 1.0
     regression_consistency: str = "none"  # "mse": AdaMix on a regression head adds MSE between the two passes
     embedding_loss: str | None = None  # embedding tasks: "cosent" (scored pairs) or "mnrl" (in-batch negatives)
-    embedding_scale: float = 20.0  # embedding tasks: the cosine scale of the objective and of the consistency KL
+    embedding_scale: float = EMBEDDING_SCALE  # embedding tasks: the cosine scale of the objective and consistency KL
     seed: int = 0
     checkpoint_dir: Path | None = None
     checkpoint_every: int | None = None  # steps; a checkpoint is also written on Ctrl-C
@@ -119,8 +120,7 @@ def train(model: nn.Module, data: Dataset, tokenizer, cfg: TrainConfig, ctx: Dis
     if (data.task_type == "embedding") != (cfg.embedding_loss is not None):
         raise ValueError(f"TrainConfig.embedding_loss is set exactly for embedding tasks; got "
                          f"{cfg.embedding_loss!r} for a {data.task_type} data set")
-    collate = (EmbeddingCollator(tokenizer, cfg.max_seq_len) if cfg.embedding_loss is not None
-               else Collator(tokenizer, cfg.max_seq_len, regression))
+    collate = collator_for(data, tokenizer, cfg.max_seq_len)
     steps_per_epoch = len(_batches(data, cfg, 0, ctx))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -195,11 +195,7 @@ def _evaluate(model: nn.Module, data: Dataset, collate: Collator | EmbeddingColl
               ctx: DistContext, state: TrainState, best: dict | None, steps_per_epoch: int, total: int,
               bar: tqdm) -> dict | None:
     """Score the dev set, log it, and return the (possibly new) best trainable state."""
-    if cfg.embedding_loss is not None:
-        scores = evaluate_embeddings(model, data.dev, collate, data.metrics, cfg.eval_batch_size, ctx.device,
-                                     cfg.embedding_scale)
-    else:
-        scores = evaluate(model, data.dev, collate, data.metrics, cfg.eval_batch_size, ctx.device)
+    scores = evaluate_dev(model, data, collate, cfg.eval_batch_size, ctx.device, cfg.embedding_scale)
     score = scores[data.metric]
     improved = state.best_score is None or score > state.best_score
     record = {"step": state.global_step, "epoch": round(state.global_step / steps_per_epoch, 4),

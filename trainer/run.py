@@ -7,6 +7,7 @@ from pathlib import Path
 
 from adamix import TaskSpec, load_backbone
 from adamix.adapter_file import adapter_to_bytes, write_adapter_file
+from adamix.losses import EMBEDDING_SCALE
 from adamix.model import backbone_of
 from trainer.data import Dataset, load_dataset
 from trainer.distributed import DistContext, setup, teardown
@@ -59,8 +60,8 @@ def train_from_args(args: argparse.Namespace) -> int:
                           consistency_weight=args.consistency_weight,
                           regression_consistency=args.regression_consistency,
                           embedding_loss=(args.embedding_loss or "cosent") if embedding else None,
-                          embedding_scale=args.embedding_scale or 20.0, seed=args.seed, checkpoint_dir=ckpt_dir,
-                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          embedding_scale=args.embedding_scale or EMBEDDING_SCALE, seed=args.seed,
+                          checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                           progress=not args.no_progress, log_path=log_path)
         result = train(model, data, tokenizer, cfg, ctx)
         if ctx.is_main:

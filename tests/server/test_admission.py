@@ -90,7 +90,7 @@ def test_tokenizer_worker_processes_give_the_rows_the_one_thread_gives(tiny_back
     async def admit_all():
         engine.admission.start()
         try:
-            assert len(engine.admission._workers._pool._processes) == 2  # real processes, forked at start
+            assert len(engine.admission._workers._pool._processes) == 2  # real processes, spawned at start
             rows = await asyncio.gather(*(engine.admission.admit(task, inputs) for task, inputs in requests))
             with pytest.raises(InvalidInputError) as refused:
                 await engine.admission.admit(single_task, [TextInput(text="fine"), TextInput(text="\u200b\u200b")])

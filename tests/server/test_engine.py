@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import random
 
 import pytest
@@ -148,6 +149,21 @@ def test_unservable_adapters_are_refused_by_name(tiny_backbone_dir, tiny_loaded)
     with pytest.raises(UnservableAdapterError, match="4 labels"):
         check_servable(make_adapter(model, info, labels=("a", "b", "c", "d")), engine.limits)
     check_servable(make_adapter(model, info, r=4, labels=("a", "b", "c")), engine.limits)
+    half = dataclasses.replace(engine.limits, max_value=65504.0)  # a float16 pool's largest finite value
+    big = make_adapter(model, info, r=4, labels=("a", "b", "c"))
+    big.tensors["head.weight"][0, 0] = -1e5
+    with pytest.raises(UnservableAdapterError, match=r"head.weight reaches 1e\+05 .* up to 6.55e\+04") as refused:
+        check_servable(big, half)
+    assert refused.value.field == "head.weight"
+    lora = make_adapter(model, info, kind="lora", r=4, labels=("a", "b", "c"))  # scaling alpha / r = 8
+    b_key = next(k for k in lora.tensors if k.endswith(".B"))
+    lora.tensors[b_key][0, 0] = 1e4  # in range as stored, 8e4 once scaled
+    with pytest.raises(UnservableAdapterError, match=rf"{b_key} x lora_scaling reaches 8e\+04") as refused:
+        check_servable(lora, half)
+    assert refused.value.field == b_key
+    lora.tensors[b_key][0, 0] = float("nan")
+    with pytest.raises(UnservableAdapterError, match="reaches nan"):
+        check_servable(lora, engine.limits)
 
 
 def test_pinned_adapter_survives_eviction_pressure(tiny_backbone_dir, zoo):

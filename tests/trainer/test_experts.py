@@ -66,6 +66,27 @@ def test_an_unknown_experts_version_is_refused(tmp_path):
         load_experts(path, fresh, backbone_info(fresh, "tiny-gpt2"))
 
 
+@pytest.mark.parametrize("task, message", [
+    ({"type": "classification", "labels": "ab", "pooling": "last", "max_seq_len": 128}, "labels must be a list"),
+    ({"type": "classification", "labels": ["a", "b"], "max_seq_len": 128}, "task section holds the keys"),
+    ({"type": "classification", "labels": ["a", "b"], "pooling": "last", "max_seq_len": 128, "prompt": "hi"},
+     "task section holds the keys"),
+    ({"type": "ranking", "labels": [], "pooling": "last", "max_seq_len": 128}, "TaskSpec.type"),
+    ({"type": "classification", "labels": ["a", "a"], "pooling": "last", "max_seq_len": 128}, "distinct"),
+    (["classification"], "task section holds the keys"),
+], ids=["labels-a-string", "pooling-missing", "extra-key", "unknown-type", "labels-duplicate", "not-an-object"])
+def test_an_invalid_task_section_is_refused_by_name(tmp_path, task, message):
+    path, _ = _mixture(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[EXPERTS_FORMAT])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["task"] = task
+    path.write_bytes(save(tensors, metadata={EXPERTS_FORMAT: json.dumps(meta)}))
+    fresh = tiny_backbone("gpt2")
+    with pytest.raises(ValueError, match=f"checkpoint's task section is invalid: .*{message}"):
+        load_experts(path, fresh, backbone_info(fresh, "tiny-gpt2"))
+
+
 def test_embedding_experts_with_a_projection_load_and_give_the_saved_models_outputs(tmp_path):
     task = TaskSpec("embedding", (), embedding_dim=8)
     model = add_adamix(AdaMixTaskModel(tiny_backbone("bert"), task), AdaMixConfig(num_experts=3, bottleneck=4))
