@@ -1,12 +1,13 @@
 """Serving benchmarks, side by side in one process (see benchmarks/RESULTS.md for recorded numbers).
 
-    python benchmarks/serving.py [--reps 60] [--tasks 10000] [--active 1000] [--sections 123456]
+    python benchmarks/serving.py [--reps 100] [--tasks 10000] [--active 1000] [--sections 123456]
 
 Real MiniLM (the embedded default backbone), short real sentences (SST-2 dev); synthetic merged adapters of the
 file format's exact shapes (random weights: speed does not depend on values). Every comparison is paired:
-rounds of one call of each variant, order rotated each round; each ratio is the median of the per-round ratios
-with a bootstrap 95% interval and the number of pairs (`stats.paired_ratio`); a target is met only when the
-whole interval is on its side.
+rounds of one call of each variant, order rotated each round (sections 1 and 2 alternate the variants at every
+length group of the batch, ~0.1 s apart); each ratio is the median of the per-round ratios with a bootstrap 95%
+interval and the number of pairs (`stats.paired_ratio`); a target is met only when the whole interval is on its
+side. The process tunes malloc as `adamix serve` does (`adamix/allocator.py`).
 1. merged adapter vs bare backbone forward (64 rows)          target time ratio <= 1.02
 2. 64 rows over 64 tasks vs 64 rows of one task               target throughput ratio >= 0.95
 3. vs peft with the same merged LoRA adapters for 64 tasks: mixed batch with adapter_names (target >= 1.0x);
