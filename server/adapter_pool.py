@@ -140,7 +140,8 @@ class AdapterPool:
         if name not in self._weights:
             s, S, R = self.specs[name], self.num_slots, self.max_rank
             z = dict(device=self.device, dtype=self.dtype)
-            if s.kind == "adapter":  # down_t (S, d, R) = down.weight.T, down_b (S, R), up (S, 1 + R, d) = [up.bias; up.weight.T]
+            # adapter: down_t (S, d, R) = down.weight.T, down_b (S, R), up (S, 1 + R, d) = [up.bias; up.weight.T]
+            if s.kind == "adapter":
                 self._weights[name] = (torch.zeros(S, s.out_features, R, **z), torch.zeros(S, R, **z),
                                        torch.zeros(S, 1 + R, s.out_features, **z))
             else:  # A (S, R, in), bt (S, R, out) = (scaling * B).T
