@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -24,8 +25,9 @@ TRIM_THRESHOLD = 256 << 20
 ENV = "ADAMIX_MALLOC_TUNING"
 
 
+@functools.cache
 def tune() -> bool:
-    """Set the thresholds once per process; True when glibc accepted them."""
+    """Set the thresholds, once per process (later calls return the first answer); True when glibc accepted them."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
