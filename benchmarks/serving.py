@@ -171,22 +171,19 @@ class Bench:
 
     # ------------------------------------------------------------------ 1 + 2
 
-    def groups(self, texts: list[str]) -> list[list[int]]:
-        """The length groups (row indices) the engine forms for these texts."""
+    def grouped(self, texts: list[str]) -> tuple[list[list[int]], list[dict]]:
+        """The length groups (row indices) the engine forms for these texts, and each group's tokenised, padded
+        inputs."""
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
-        return length_groups(lengths, self.engine.executor._forward_cost_tokens)
-
-    def grouped(self, texts: list[str]) -> list[dict]:
-        """Tokenised, padded inputs for the same length groups the engine forms for these texts."""
-        return [self.tokenizer([texts[i] for i in g], padding=True, truncation=True, max_length=128,
-                               return_tensors="pt").to(self.device) for g in self.groups(texts)]
+        groups = length_groups(lengths, self.engine.executor._forward_cost_tokens)
+        return groups, [self.tokenizer([texts[i] for i in g], padding=True, truncation=True, max_length=128,
+                                       return_tensors="pt").to(self.device) for g in groups]
 
     def forward_overhead_and_mixing(self) -> None:
         """Sections 1 and 2, interleaved by length group: piece j of a variant is the batch's j-th length group
         (the one forward the engine runs for those rows), so every variant does exactly the engine's forwards."""
         bare = self.load()[0]
-        groups = self.groups(self.batch)
-        encs = self.grouped(self.batch)  # the bare backbone gets the engine's length groups too
+        groups, encs = self.grouped(self.batch)  # the bare backbone gets the engine's length groups too
         adapters = [synthetic_adapter(self.info, "adapter", 16, i) for i in range(TASKS)]
         head_w, head_b = (adapters[0].tensors[k].to(self.device, self.dtype) for k in ("head.weight", "head.bias"))
 
@@ -247,8 +244,7 @@ class Bench:
         # the engine's length groups (isolates the cost of the per-row adapter mechanism).
         whole = self.tokenizer(self.batch, padding=True, truncation=True, max_length=128,
                                return_tensors="pt").to(self.device)
-        split = self.groups(self.batch)
-        split_encs = self.grouped(self.batch)
+        split, split_encs = self.grouped(self.batch)
 
         def peft_batch(enc, rows: list[int]):
             with torch.inference_mode():
