@@ -220,10 +220,3 @@ def layer_features(layer: nn.Module) -> tuple[int, int]:
     if type(layer).__name__ == "Conv1D":
         return layer.weight.shape[0], layer.weight.shape[1]
     raise TypeError(f"cannot adapt a {type(layer).__name__}: expected nn.Linear or Conv1D")
-
-
-def layer_weight_in_out(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(in, out) weight (a view for nn.Linear, which stores it (out, in)) and bias (or None) of an nn.Linear or a
-    GPT-2 Conv1D: `x @ weight + bias` is the layer's output."""
-    layer_features(layer)  # refuses any other kind of layer
-    return (layer.weight.T if isinstance(layer, nn.Linear) else layer.weight), layer.bias
