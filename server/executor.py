@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import array
 import asyncio
-import itertools
 import contextvars
+import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -159,7 +159,7 @@ class Executor:
 
         Each field is built as one flat list of Python ints and goes in through one int64 buffer: `torch.tensor`
         on nested lists converts item by item, and a boolean-mask scatter costs more than the lists
-        (13 rows of 20 to 30 tokens: 0.18 ms with the scatter, 0.09 ms like this)."""
+        (13 rows of 20 to 30 tokens: about 0.18 ms with the scatter, 0.07 to 0.12 ms like this)."""
         longest = max(len(r.input_ids) for r in rows)
         shape = (len(rows), longest)
         fill = [longest - len(r.input_ids) for r in rows]  # padding per row
