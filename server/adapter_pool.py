@@ -81,7 +81,7 @@ class AdapterPool:
         self.resident: OrderedDict[AdapterKey, int] = OrderedDict()  # LRU order, most recent last
         self.pinned: set[AdapterKey] = set()
         self._free = list(range(slots - 1, -1, -1))
-        self._nbytes = sum(t.numel() * t.element_size() for t in (self.head_w, self.head_b))  # grows with sites
+        self._nbytes = self.head_w.nbytes + self.head_b.nbytes  # grows with sites
         self._plan: ContextVar[BatchPlan | None] = ContextVar(f"adamix_batch_plan_{id(self)}", default=None)
 
     # ------------------------------------------------------------------ sizing
@@ -147,7 +147,7 @@ class AdapterPool:
                                        torch.zeros(S, 1 + R, s.out_features, **z))
             else:  # A (S, R, in), bt (S, R, out) = (scaling * B).T
                 self._weights[name] = (torch.zeros(S, R, s.in_features, **z), torch.zeros(S, R, s.out_features, **z))
-            self._nbytes += sum(t.numel() * t.element_size() for t in self._weights[name])
+            self._nbytes += sum(t.nbytes for t in self._weights[name])
         return self._weights[name]
 
     def _clear_slot(self, slot: int) -> None:
@@ -219,8 +219,8 @@ class AdapterPool:
         return torch.baddbmm(self.head_b[:, :c][plan.slots].unsqueeze(1), pooled.unsqueeze(1),
                              w.transpose(1, 2)).squeeze(1)  # (B, c)
 
-    def site_forward(self, spec: SiteSpec, plan: BatchPlan, base_layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The site's output for this batch: `base_layer(x)` (B, T, out) plus each row's adapter or LoRA."""
+    def site_forward(self, spec: SiteSpec, plan: BatchPlan, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """The site's output for this batch: `base_out` (B, T, out) plus each row's adapter or LoRA."""
         r = plan.ranks[spec.name]  # the batch's largest rank here; other rows' extra columns are zeros
         if spec.kind == "adapter":
             down_t, down_b, up = self._weights[spec.name]
@@ -228,7 +228,7 @@ class AdapterPool:
             # two GEMMs and no other pass over h: z = [1, gelu(down(h))] carries a ones column, so up's bias
             # (row 0 of `up`) is added inside the second GEMM. Measured on one FFN site (459 tokens, r=16), this
             # cut the site's cost from 12% to 7% of the base layer's own GEMM (benchmarks/RESULTS.md).
-            h = base_layer(x)  # (B, T, d)
+            h = base_out  # (B, T, d)
             if plan.single is not None:
                 s = plan.single
                 h2 = h.view(-1, h.shape[-1])  # (B*T, d)
@@ -247,7 +247,7 @@ class AdapterPool:
         else:
             idx = plan.slots
             delta = torch.bmm(torch.bmm(x, a[:, :r][idx].transpose(1, 2)), bt[:, :r][idx])  # (B, T, out)
-        return base_layer(x).add_(delta)  # the base layer's fresh output, nothing else holds it
+        return base_out.add_(delta)  # the base layer's fresh output, nothing else holds it
 
 
 class PoolSite(nn.Module):
@@ -259,12 +259,13 @@ class PoolSite(nn.Module):
         self.spec = spec
         self._pool = [pool]  # a list, so the pool is not registered as a submodule
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
         pool = self._pool[0]
         plan = pool.current_plan()
         if plan is None or self.spec.name not in plan.ranks:  # outside a batch, or no row adapts this site
-            return self.base_layer(x)
-        return pool.site_forward(self.spec, plan, self.base_layer, x)
+            return out
+        return pool.site_forward(self.spec, plan, x, out)
 
 
 def install_pool_sites(backbone: nn.Module, pool: AdapterPool) -> None:

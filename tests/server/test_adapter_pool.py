@@ -37,10 +37,10 @@ def test_adapter_site_equals_the_adapter_by_hand_on_both_paths(layer):
     with torch.no_grad():
         with pool.batch([2, 2]) as plan:
             assert plan.single == 2
-            single = pool.site_forward(spec, plan, base, x)
+            single = pool.site_forward(spec, plan, x, base(x))
         with pool.batch([2, 0]) as plan:
             assert plan.single is None
-            mixed = pool.site_forward(spec, plan, base, x)
+            mixed = pool.site_forward(spec, plan, x, base(x))
     assert single.shape == x.shape[:-1] + (D,)
     torch.testing.assert_close(single, want[2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[0], want[2][0], rtol=1e-5, atol=1e-5)
