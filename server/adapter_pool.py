@@ -29,6 +29,7 @@ from adamix import AdaMixConfig
 from adamix.adapter_file import AdapterWeights
 from adamix.layers import layer_features
 from adamix.model import site_names
+from server import packing
 from server.served import AdapterKey, ServedAdapter
 
 
@@ -151,38 +152,47 @@ class AdapterPool:
         return self._weights[name]
 
     def _clear_slot(self, slot: int) -> None:
-        for name in self.slot_ranks[slot]:
-            for t in self._weights[name]:
-                t[slot].zero_()
+        """Zero what `slot` holds: per site its first `rank` columns and its head's first rows (the rest of a slot
+        is always zero), so clearing costs what the adapter held, not the pool's largest rank."""
+        for name, r in self.slot_ranks[slot].items():
+            weights = self._weights[name]
+            if self.specs[name].kind == "adapter":
+                weights[0][slot, :, :r].zero_()  # down_t (d, R)
+                weights[1][slot, :r].zero_()
+                weights[2][slot, :1 + r].zero_()
+            else:
+                for t in weights:  # A, bt (R, .)
+                    t[slot, :r].zero_()
         self.slot_ranks[slot] = {}
-        self.head_w[slot].zero_()
-        self.head_b[slot].zero_()
+        n = self.slot_outputs[slot]
+        self.head_w[slot, :n].zero_()
+        self.head_b[slot, :n].zero_()
         self.slot_outputs[slot] = 0
 
     @torch.no_grad()
     def _write_slot(self, slot: int, adapter: ServedAdapter) -> None:
         self._clear_slot(slot)
-        ranks = {}
+        self.slot_ranks[slot] = ranks = {}  # each site entered before it is written: a clear finds all written
         for name, weights in adapter.sites.items():
             r = weights[0].shape[0]
+            stored = self._site_weights(name)
+            ranks[name] = r
             if isinstance(weights, AdapterWeights):
-                down_t, down_b, up = self._site_weights(name)
+                down_t, down_b, up = stored
                 down_t[slot, :, :r] = weights.down_weight.T  # (d, r)
                 down_b[slot, :r] = weights.down_bias
                 up[slot, 0] = weights.up_bias  # (d,)
                 up[slot, 1:1 + r] = weights.up_weight.T  # (r, d)
             else:
-                a, bt = self._site_weights(name)
+                a, bt = stored
                 a[slot, :r] = weights.A  # (k, in)
                 bt[slot, :r] = (adapter.lora_scaling * weights.dense_b()).T  # (k, out)
-            ranks[name] = r
         n = adapter.num_outputs  # 0 for an embedding task: its projection is applied after the pool's heads
+        self.slot_outputs[slot] = n
         if n:
             head_w, head_b = adapter.head
             self.head_w[slot, :n] = head_w  # (C, d)
             self.head_b[slot, :n] = head_b
-        self.slot_ranks[slot] = ranks
-        self.slot_outputs[slot] = n
         self.slot_pooling[slot] = adapter.task.pooling
 
     # ------------------------------------------------------------------ per batch
@@ -237,17 +247,30 @@ class AdapterPool:
                 h2.addmm_(z, up[s, :1 + r])  # (B*T, d) += (B*T, 1 + r) @ (1 + r, d)
                 return h
             idx = plan.slots
-            z = h.new_ones(*h.shape[:2], 1 + r)  # (B, T, 1 + r)
-            z[..., 1:] = F.gelu(torch.baddbmm(down_b[:, :r][idx].unsqueeze(1), h, down_t[:, :, :r][idx]))
-            return h.baddbmm_(z, up[:, :1 + r][idx])  # (B, T, d)
+            grid = packing.current()
+            if grid is not None and grid.holds(h):  # (1, N, d) real tokens: rows gather their weights on the grid
+                return grid.pack(self._gathered_adapter(spec.name, r, idx, grid.unpack(h)))
+            return self._gathered_adapter(spec.name, r, idx, h)
         a, bt = self._weights[spec.name]
         if plan.single is not None:
             s = plan.single
             delta = F.linear(F.linear(x, a[s, :r]), bt[s, :r].T)  # (B, T, out)
         else:
             idx = plan.slots
+            grid = packing.current()
+            if grid is not None and grid.holds(x):
+                x = grid.unpack(x)
             delta = torch.bmm(torch.bmm(x, a[:, :r][idx].transpose(1, 2)), bt[:, :r][idx])  # (B, T, out)
+            if grid is not None and grid.holds(base_out):
+                delta = grid.pack(delta)
         return base_out.add_(delta)  # the base layer's fresh output, nothing else holds it
+
+    def _gathered_adapter(self, name: str, r: int, idx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, d) + each row's adapter (row i: slot idx[i]), accumulated into h."""
+        down_t, down_b, up = self._weights[name]
+        z = h.new_ones(*h.shape[:2], 1 + r)  # (B, T, 1 + r)
+        z[..., 1:] = F.gelu(torch.baddbmm(down_b[:, :r][idx].unsqueeze(1), h, down_t[:, :, :r][idx]))
+        return h.baddbmm_(z, up[:, :1 + r][idx])  # (B, T, d)
 
 
 class PoolSite(nn.Module):

@@ -4,7 +4,8 @@
 adapter: logits for classification and regression rows, a unit-length embedding for embedding rows (the
 pooled state through the task's projection, if any, then L2-normalised; in float32 on the CPU, so an
 embedding row's answer does not depend on what else shares its batch). One backbone forward per length
-group, every forward under `torch.inference_mode`.
+group, every forward under `torch.inference_mode`; an encoder built as BERT is runs it on the real tokens
+only, outside self-attention (`server/packing.py`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from server.adapter_pool import AdapterPool, install_pool_sites, pool_site_specs
 from server.admission import Row
 from server.errors import NotReadyError
 from server.metrics import ServerMetrics
+from server.packing import install_packing, packed
 from server.served import AdapterKey, ServedAdapter, ServingLimits
 from server.settings import Settings
 
@@ -51,6 +53,7 @@ class Executor:
         self.pool = AdapterPool(specs, hidden, slots, settings.max_adapter_rank, settings.max_labels, self.device,
                                 ref.dtype)
         install_pool_sites(backbone, self.pool)
+        self.packs = install_packing(backbone)  # after the sites: they are found by their module names
         self.limits = ServingLimits(settings.max_adapter_rank, settings.max_labels,
                                     getattr(backbone, "pooler", None) is not None, float(torch.finfo(ref.dtype).max))
         self._forward_cost_tokens = FORWARD_COST_TOKENS.get(self.device.type, FORWARD_COST_TOKENS["default"])
@@ -130,7 +133,7 @@ class Executor:
         """One backbone forward: (b,) rows -> (b, d) pooled states and (b, C_max) logits, float32 on the CPU."""
         input_ids, attention_mask, token_types = self._pad(rows)
         kwargs = {} if token_types is None else {"token_type_ids": token_types}
-        with torch.inference_mode(), self.pool.batch(slots) as plan:
+        with torch.inference_mode(), self.pool.batch(slots) as plan, packed(attention_mask, self.packs):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             pooled = self._pool_rows(out, attention_mask, slots)  # (b, d)
             logits = self.pool.heads(pooled, plan).float().cpu() if plan.num_outputs else torch.empty(len(rows), 0)

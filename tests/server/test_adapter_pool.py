@@ -45,3 +45,39 @@ def test_adapter_site_equals_the_adapter_by_hand_on_both_paths(layer):
     torch.testing.assert_close(single, want[2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[0], want[2][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[1], want[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_reused_slot_holds_exactly_what_a_fresh_slot_would(tiny_loaded):
+    """Clearing zeroes only what a slot held (its ranks' columns, its head's rows): after bigger adapters of other
+    shapes and sites, a slot written again equals the same adapter written into an untouched pool."""
+    from adamix.model import backbone_of
+    from dataclasses import replace
+
+    from server.adapter_pool import pool_site_specs
+    from server.served import AdapterKey
+    from tests.server.helpers import make_adapter, serve
+
+    model, _, info = tiny_loaded
+    base = backbone_of(model)
+    specs = pool_site_specs(base, info.model_type, info.num_layers)
+    big = [serve(make_adapter(base, info, r=6, placement="both", labels=tuple("abcde"), seed=1), "big"),
+           serve(make_adapter(base, info, kind="lora", r=5, targets=("query", "key", "value"), seed=2), "lora")]
+    small = serve(make_adapter(base, info, r=2, placement="ffn", seed=3), "small")
+
+    def pool():
+        return AdapterPool(specs, info.hidden_size, slots=2, max_rank=8, max_labels=6, device=torch.device("cpu"),
+                           dtype=torch.float32)
+
+    fresh, reused = pool(), pool()
+    fresh.acquire([small])
+    reused.acquire(big)  # two slots: the big adapter's and the LoRA's
+    reused.release(big[0].key)  # the big adapter's slot, cleared by release, then reused
+    reused.acquire([small])
+    reused.acquire([replace(small, key=AdapterKey("small2", "v1"))])  # the LoRA's, cleared by eviction
+    assert sorted(reused.resident.values()) == [0, 1]
+    for slot in (0, 1):
+        for name, tensors in reused._weights.items():
+            want = fresh._weights.get(name)
+            for i, t in enumerate(tensors):
+                assert torch.equal(t[slot], want[i][0] if want else torch.zeros_like(t[slot])), (slot, name, i)
+        assert torch.equal(fresh.head_w[0], reused.head_w[slot]) and torch.equal(fresh.head_b[0], reused.head_b[slot])
