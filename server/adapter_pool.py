@@ -151,18 +151,23 @@ class AdapterPool:
             self._nbytes += sum(t.nbytes for t in self._weights[name])
         return self._weights[name]
 
+    def _zero(self, name: str, slot: int, start: int, stop: int) -> None:
+        """Zero rank columns [start, stop) of `name`'s weights in `slot` (from 0: up's bias row too)."""
+        weights = self._weights[name]
+        if self.specs[name].kind == "adapter":
+            down_t, down_b, up = weights
+            down_t[slot, :, start:stop].zero_()  # (d, R)
+            down_b[slot, start:stop].zero_()
+            up[slot, 1 + start if start else 0:1 + stop].zero_()  # (1 + R, d): row 0 is the bias
+        else:
+            for t in weights:  # A, bt (R, .)
+                t[slot, start:stop].zero_()
+
     def _clear_slot(self, slot: int) -> None:
-        """Zero what `slot` holds: per site its first `rank` columns and its head's first rows (the rest of a slot
+        """Zero what `slot` holds: per site its first `rank` columns, and its head's first rows (the rest of a slot
         is always zero), so clearing costs what the adapter held, not the pool's largest rank."""
         for name, r in self.slot_ranks[slot].items():
-            weights = self._weights[name]
-            if self.specs[name].kind == "adapter":
-                weights[0][slot, :, :r].zero_()  # down_t (d, R)
-                weights[1][slot, :r].zero_()
-                weights[2][slot, :1 + r].zero_()
-            else:
-                for t in weights:  # A, bt (R, .)
-                    t[slot, :r].zero_()
+            self._zero(name, slot, 0, r)
         self.slot_ranks[slot] = {}
         n = self.slot_outputs[slot]
         self.head_w[slot, :n].zero_()
@@ -171,12 +176,14 @@ class AdapterPool:
 
     @torch.no_grad()
     def _write_slot(self, slot: int, adapter: ServedAdapter) -> None:
-        self._clear_slot(slot)
-        self.slot_ranks[slot] = ranks = {}  # each site entered before it is written: a clear finds all written
+        """Overwrite `slot` with `adapter`, zeroing only what the previous occupant held beyond it (an eviction of
+        an adapter of the same shape zeroes nothing). `slot_ranks` covers every non-zero column at every step."""
+        old = self.slot_ranks[slot]
+        self.slot_ranks[slot] = ranks = dict(old)
         for name, weights in adapter.sites.items():
-            r = weights[0].shape[0]
+            r, held = weights[0].shape[0], old.get(name, 0)
             stored = self._site_weights(name)
-            ranks[name] = r
+            ranks[name] = max(r, held)
             if isinstance(weights, AdapterWeights):
                 down_t, down_b, up = stored
                 down_t[slot, :, :r] = weights.down_weight.T  # (d, r)
@@ -187,12 +194,21 @@ class AdapterPool:
                 a, bt = stored
                 a[slot, :r] = weights.A  # (k, in)
                 bt[slot, :r] = (adapter.lora_scaling * weights.dense_b()).T  # (k, out)
-        n = adapter.num_outputs  # 0 for an embedding task: its projection is applied after the pool's heads
-        self.slot_outputs[slot] = n
+            if held > r:
+                self._zero(name, slot, r, held)
+            ranks[name] = r
+        for name in [n for n in old if n not in adapter.sites]:
+            self._zero(name, slot, 0, old[name])
+            del ranks[name]
+        n, held = adapter.num_outputs, self.slot_outputs[slot]  # n = 0 for an embedding task (no pool head)
+        self.slot_outputs[slot] = max(n, held)
         if n:
             head_w, head_b = adapter.head
             self.head_w[slot, :n] = head_w  # (C, d)
             self.head_b[slot, :n] = head_b
+        self.head_w[slot, n:held].zero_()
+        self.head_b[slot, n:held].zero_()
+        self.slot_outputs[slot] = n
         self.slot_pooling[slot] = adapter.task.pooling
 
     # ------------------------------------------------------------------ per batch
@@ -225,15 +241,14 @@ class AdapterPool:
         c = plan.num_outputs
         if plan.single is not None:
             return F.linear(pooled, self.head_w[plan.single, :c], self.head_b[plan.single, :c])  # (B, c)
-        w = self.head_w[:, :c][plan.slots]  # (B, c, d)
-        return torch.baddbmm(self.head_b[:, :c][plan.slots].unsqueeze(1), pooled.unsqueeze(1),
+        w = self.head_w[:, :c].index_select(0, plan.slots)  # (B, c, d)
+        return torch.baddbmm(self.head_b[:, :c].index_select(0, plan.slots).unsqueeze(1), pooled.unsqueeze(1),
                              w.transpose(1, 2)).squeeze(1)  # (B, c)
 
     def site_forward(self, spec: SiteSpec, plan: BatchPlan, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """The site's output for this batch: `base_out` (B, T, out) plus each row's adapter or LoRA."""
         r = plan.ranks[spec.name]  # the batch's largest rank here; other rows' extra columns are zeros
         if spec.kind == "adapter":
-            down_t, down_b, up = self._weights[spec.name]
             # h + up(gelu(down(h))), accumulated into h, the base layer's fresh output (nothing else holds it), in
             # two GEMMs and no other pass over h: z = [1, gelu(down(h))] carries a ones column, so up's bias
             # (row 0 of `up`) is added inside the second GEMM. Measured on one FFN site (459 tokens, r=16), this
@@ -241,6 +256,7 @@ class AdapterPool:
             h = base_out  # (B, T, d)
             if plan.single is not None:
                 s = plan.single
+                down_t, down_b, up = self._weights[spec.name]
                 h2 = h.view(-1, h.shape[-1])  # (B*T, d)
                 z = h2.new_ones(h2.shape[0], 1 + r)  # (B*T, 1 + r)
                 z[:, 1:] = F.gelu(torch.addmm(down_b[s, :r], h2, down_t[s, :, :r]))
@@ -256,21 +272,18 @@ class AdapterPool:
             s = plan.single
             delta = F.linear(F.linear(x, a[s, :r]), bt[s, :r].T)  # (B, T, out)
         else:
-            idx = plan.slots
-            grid = packing.current()
-            if grid is not None and grid.holds(x):
-                x = grid.unpack(x)
-            delta = torch.bmm(torch.bmm(x, a[:, :r][idx].transpose(1, 2)), bt[:, :r][idx])  # (B, T, out)
-            if grid is not None and grid.holds(base_out):
-                delta = grid.pack(delta)
+            idx = plan.slots  # LoRA sites (q, k, v) sit inside self-attention: on the (B, T) grid when packed
+            delta = torch.bmm(torch.bmm(x, a[:, :r].index_select(0, idx).transpose(1, 2)),
+                              bt[:, :r].index_select(0, idx))  # (B, T, out)
         return base_out.add_(delta)  # the base layer's fresh output, nothing else holds it
 
     def _gathered_adapter(self, name: str, r: int, idx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, d) + each row's adapter (row i: slot idx[i]), accumulated into h."""
         down_t, down_b, up = self._weights[name]
         z = h.new_ones(*h.shape[:2], 1 + r)  # (B, T, 1 + r)
-        z[..., 1:] = F.gelu(torch.baddbmm(down_b[:, :r][idx].unsqueeze(1), h, down_t[:, :, :r][idx]))
-        return h.baddbmm_(z, up[:, :1 + r][idx])  # (B, T, d)
+        z[..., 1:] = F.gelu(torch.baddbmm(down_b[:, :r].index_select(0, idx).unsqueeze(1), h,
+                                          down_t[:, :, :r].index_select(0, idx)))
+        return h.baddbmm_(z, up[:, :1 + r].index_select(0, idx))  # (B, T, d)
 
 
 class PoolSite(nn.Module):

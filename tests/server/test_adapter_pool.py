@@ -71,9 +71,9 @@ def test_a_reused_slot_holds_exactly_what_a_fresh_slot_would(tiny_loaded):
     fresh, reused = pool(), pool()
     fresh.acquire([small])
     reused.acquire(big)  # two slots: the big adapter's and the LoRA's
-    reused.release(big[0].key)  # the big adapter's slot, cleared by release, then reused
-    reused.acquire([small])
-    reused.acquire([replace(small, key=AdapterKey("small2", "v1"))])  # the LoRA's, cleared by eviction
+    reused.acquire([small])  # evicts the big adapter: written over its larger ranks, head and sites
+    reused.release(big[1].key)  # the LoRA's slot, cleared by release, then reused
+    reused.acquire([replace(small, key=AdapterKey("small2", "v1"))])
     assert sorted(reused.resident.values()) == [0, 1]
     for slot in (0, 1):
         for name, tensors in reused._weights.items():
