@@ -221,7 +221,7 @@ def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> Ada
     version, config, info, task, provenance = _parse_metadata(meta_json["adamix"])
     if backbone is not None:
         check_backbone(info, backbone)
-    _check_header_entries(header, expected_shapes(config, info, task, version))
+    _check_header_entries(header, (expected := expected_shapes(config, info, task, version)))
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own error types for corrupt offsets
@@ -229,7 +229,7 @@ def read_adapter_bytes(data: bytes, backbone: BackboneInfo | None = None) -> Ada
     if version < FUSED_LORA_PACKED_SINCE:
         tensors = _pack_fused_lora(tensors, config, info, version)
     adapter = AdapterFile(config, info, task, tensors, provenance)
-    check_tensors(adapter)
+    check_tensors(adapter, expected if version >= FUSED_LORA_PACKED_SINCE else None)
     return adapter
 
 
@@ -359,8 +359,10 @@ def _check_header_entries(header: dict, expected: dict[str, tuple[int, ...]]) ->
             raise AdapterFileError(f"tensor {key!r} must have shape {list(shape)}, got {entry.get('shape')!r}", key)
 
 
-def check_tensors(adapter: AdapterFile) -> None:
-    expected = expected_shapes(adapter.config, adapter.backbone, adapter.task)
+def check_tensors(adapter: AdapterFile, expected: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse tensors that are not exactly `expected` (default: this format's for the adapter) as finite float32."""
+    if expected is None:
+        expected = expected_shapes(adapter.config, adapter.backbone, adapter.task)
     if set(adapter.tensors) != set(expected):
         extra = sorted(set(adapter.tensors) - set(expected))
         missing = sorted(set(expected) - set(adapter.tensors))

@@ -9,7 +9,9 @@ length group of the batch, ~0.1 s apart); each ratio is the median of the per-ro
 interval and the number of pairs (`stats.paired_ratio`); a target is met only when the whole interval is on its
 side. The process tunes malloc as `adamix serve` does (`adamix/allocator.py`).
 1. merged adapter vs bare backbone forward (64 rows)          target time ratio <= 1.02
-   (and that ratio's two factors: the engine with no adapted site vs the bare backbone, the sites vs that engine)
+   (and that ratio's two factors: the engine with no adapted site vs the bare backbone, the sites vs that engine;
+   the bare backbone is Hugging Face's padded forward of the engine's length groups, and the engine skips their
+   padded tokens outside self-attention, `server/packing.py`, so its own work can be below 1)
 2. 64 rows over 64 tasks vs 64 rows of one task               target throughput ratio >= 0.95
 3. vs peft with the same merged LoRA adapters for 64 tasks: mixed batch with adapter_names (target >= 1.0x);
    set_adapter per request under a lock (requests/s, target >= 3x)

@@ -53,7 +53,8 @@ class ServedAdapter:
 
 
 def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
-    """Refuse a valid adapter this server cannot serve, saying which limit it exceeds."""
+    """Refuse a valid adapter (read and validated: its tensors are finite float32) this server cannot serve, saying
+    which limit it exceeds."""
     task = adapter.task
     if task.type == "generation":
         raise UnservableAdapterError("generation adapters are not served by /predict", "task.type")
@@ -66,16 +67,19 @@ def check_servable(adapter: AdapterFile, limits: ServingLimits) -> None:
     if task.pooling == "pooler" and not limits.has_pooler:
         raise UnservableAdapterError("task pools with the backbone's pooler, and this backbone has none",
                                      "task.pooling")
-    bad = out_of_range(dict(_served_values(adapter)), limits.max_value)  # one pass over every value; inf, NaN too
+    bad = out_of_range(dict(_served_values(adapter, limits.max_value < FLOAT32_MAX)), limits.max_value)  # one pass
     if bad is not None:
         name, largest = bad
         raise UnservableAdapterError(f"{name} reaches {largest:.3g} in magnitude: this server's pool holds "
                                      f"values up to {limits.max_value:.3g} (setting dtype)", name.partition(" ")[0])
 
 
-def _served_values(adapter: AdapterFile):
-    """(name, tensor) of every value the pool stores: each tensor, and LoRA's B as stored (times alpha / r)."""
-    yield from adapter.tensors.items()
+def _served_values(adapter: AdapterFile, stored: bool = True):
+    """(name, tensor) of the values the pool stores that may be out of its range: with `stored`, each tensor as read
+    (without: a float32 pool, which holds every finite float32 value, and a read file's tensors are finite,
+    `check_tensors`), and LoRA's B as the pool holds it (times alpha / r, which may overflow even float32)."""
+    if stored:
+        yield from adapter.tensors.items()
     if adapter.kind == "lora":
         for site, weights in adapter.sites().items():
             yield f"{tensor_key('lora', site, 'B')} x lora_scaling", weights.B * adapter.lora_scaling
