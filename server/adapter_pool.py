@@ -197,9 +197,9 @@ class AdapterPool:
             if held > r:
                 self._zero(name, slot, r, held)
             ranks[name] = r
-        for name in [n for n in old if n not in adapter.sites]:
-            self._zero(name, slot, 0, old[name])
-            del ranks[name]
+        for gone in [name for name in old if name not in adapter.sites]:
+            self._zero(gone, slot, 0, old[gone])
+            del ranks[gone]
         n, held = adapter.num_outputs, self.slot_outputs[slot]  # n = 0 for an embedding task (no pool head)
         self.slot_outputs[slot] = max(n, held)
         if n:
