@@ -9,9 +9,12 @@ Design (fixed here so every sitting runs the same study):
   option (`--regression-consistency mse`) and the single adapter; seeds 0-2.
 - Every AdaMix run also scores 5 single random routes of its unmerged mixture (merged vs random routes).
 
-Each run is a real `adamix train` subprocess with checkpoints every 250 steps; a run interrupted (Ctrl-C,
-SIGTERM, a reboot) continues with `--resume` on the next call. Two drivers may run side by side: each run
-is locked while one trains it. Then `--report` writes the paired table into benchmarks/RESULTS.md.
+Each run is a real `adamix train` subprocess with checkpoints every 250 steps in `--runs` (scratch); a run
+interrupted (Ctrl-C, SIGTERM, a reboot) continues with `--resume` on the next call. Two drivers may run side
+by side: each run is locked while one trains it. A finished run's record (its summary, every evaluation, its
+random routes, its seconds) goes to `--records`, benchmarks/paired-study/NAME.json, which is committed: the
+study outlives the machine it ran on, and a run with a record is never trained again. Then `--report` writes
+the paired table into benchmarks/RESULTS.md from the records alone.
 
     OMP_NUM_THREADS=1 python benchmarks/paired_study.py            # train what is not done yet
     python benchmarks/paired_study.py --list                       # what is done, running, left
@@ -34,10 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from adamix.atomic import atomic_write  # noqa: E402
 from results_md import write_section  # noqa: E402
 from stats import paired_difference  # noqa: E402
 
 DEFAULT_GLUE = ROOT.parent / "shared" / "data" / "glue"
+RECORDS = ROOT / "benchmarks" / "paired-study"
 START, END = "<!-- trainer:paired-study:start -->", "<!-- trainer:paired-study:end -->"
 VARIANTS = {  # name -> adamix train arguments
     "adamix": ["--method", "adamix", "--bottleneck", "16"],
@@ -95,8 +100,14 @@ class Interrupted(Exception):
     pass
 
 
-def execute(run: Run, runs_dir: Path, glue: Path) -> bool:
-    """Train (or resume) one run and score its random routes; False when another driver holds it."""
+def record_path(records: Path, run: Run) -> Path:
+    return records / f"{run.name}.json"
+
+
+def execute(run: Run, runs_dir: Path, records: Path, glue: Path) -> bool:
+    """Train (or resume) one run, score its random routes and write its record; False when another driver holds it."""
+    if record_path(records, run).is_file():
+        return True
     out = runs_dir / run.name
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / ".lock", "w")
@@ -104,7 +115,7 @@ def execute(run: Run, runs_dir: Path, glue: Path) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    if (out / "result.json").is_file():
+    if record_path(records, run).is_file():  # the other driver finished it meanwhile
         return True
     resume = (out / "ckpt").is_dir() and any((out / "ckpt").iterdir())
     argv = train_argv(run, out, glue, resume)
@@ -130,14 +141,16 @@ def execute(run: Run, runs_dir: Path, glue: Path) -> bool:
     if child.returncode != 0:
         raise RuntimeError(f"{run.name}: adamix train exited {child.returncode}; see {out / 'train.err'}")
     result = {"run": run.__dict__, "train": _last_json(stdout),
-              "seconds": json.loads((out / "seconds.json").read_text())["seconds"]}
+              "seconds": json.loads((out / "seconds.json").read_text())["seconds"],
+              "history": [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]}
     if run.variant.startswith("adamix"):
         routes = subprocess.run([sys.executable, "-m", "adamix.cli", "eval", str(out / "experts.safetensors"),
                                  "--glue-task", run.task, "--data", str(glue / TASKS[run.task][0]), "--routing",
                                  "random", "--draws", "5", "--seed", str(run.seed), "--json"],
                                 cwd=ROOT, capture_output=True, text=True, check=True)
         result["routes"] = _last_json(routes.stdout)
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    records.mkdir(parents=True, exist_ok=True)
+    atomic_write(record_path(records, run), (json.dumps(result, indent=1) + "\n").encode())
     print(f"[{time.strftime('%H:%M:%S')}] {run.name}: done, best {result['train']['score']:.4f} at step "
           f"{result['train']['best_step']} ({result['seconds'] / 60:.1f} min)", flush=True)
     return True
@@ -150,20 +163,15 @@ def _cell(d) -> str:
     return f"{d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
 
 
-def history(runs_dir: Path, run: Run) -> list[dict]:
-    path = runs_dir / run.name / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def best_until(hist: list[dict], metric: str, max_step: float) -> tuple[float, float]:
     """(best dev metric, lowest dev loss) over the evaluations at steps <= max_step."""
     rows = [r for r in hist if r["step"] <= max_step]
     return max(r[f"dev_{metric}"] for r in rows), min(r["dev_loss"] for r in rows)
 
 
-def report(runs_dir: Path, compute_ratio: float) -> str:
-    done = {r.name: r for r in plan() if (runs_dir / r.name / "result.json").is_file()}
-    results = {n: json.loads((runs_dir / n / "result.json").read_text()) for n in done}
+def report(records: Path, compute_ratio: float) -> str:
+    done = {r.name: r for r in plan() if record_path(records, r).is_file()}
+    results = {r.name: json.loads(record_path(records, r).read_text()) for r in done.values()}
     lines = [START, "## Trainer: the paired study, AdaMix vs single modules of equal served size "
                     "(`benchmarks/paired_study.py`)", "",
              "Commands: `OMP_NUM_THREADS=1 python benchmarks/paired_study.py` (repeat after an interruption; it "
@@ -187,7 +195,7 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
             for v in variants:
                 run = Run(task, v, seed)
                 if run.name in done:
-                    hist = history(runs_dir, run)
+                    hist = results[run.name]["history"]
                     last = max(r["step"] for r in hist)
                     table[v, seed] = {"hist": hist, "last": last, "best": best_until(hist, metric, last)}
                     cells.append(f"{100 * table[v, seed]['best'][0]:.2f} / {table[v, seed]['best'][1]:.4f}")
@@ -244,7 +252,8 @@ def report(runs_dir: Path, compute_ratio: float) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "paired-study")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "paired-study", help="scratch: checkpoints, logs")
+    p.add_argument("--records", type=Path, default=RECORDS, help="finished runs' records (committed)")
     p.add_argument("--glue", type=Path, default=DEFAULT_GLUE)
     p.add_argument("--only", nargs="+", metavar="NAME", help="train only these runs (names as --list prints)")
     p.add_argument("--list", action="store_true", help="print each run's state and exit")
@@ -260,13 +269,14 @@ def main() -> int:
         runs = [r for r in runs if r.name in args.only]
     if args.list:
         for run in runs:
-            out = args.runs / run.name
-            hist = history(args.runs, run)
-            state = "done" if (out / "result.json").is_file() else f"at step {hist[-1]['step']}" if hist else "left"
+            log = args.runs / run.name / "log.jsonl"
+            last = log.read_text().splitlines()[-1:] if log.is_file() else []
+            state = ("done" if record_path(args.records, run).is_file()
+                     else f"at step {json.loads(last[0])['step']}" if last else "left")
             print(f"{run.name:32s} {state}")
         return 0
     if args.report:
-        section = report(args.runs, args.compute_ratio)
+        section = report(args.records, args.compute_ratio)
         write_section(args.results, section, START, END)
         print(section)
         return 0
@@ -274,7 +284,7 @@ def main() -> int:
         p.error(f"--glue {args.glue}: no such directory")
     try:
         for run in runs:
-            if not execute(run, args.runs, args.glue):
+            if not execute(run, args.runs, args.records, args.glue):
                 print(f"{run.name}: another driver is training it; skipped", flush=True)
     except Interrupted:
         print("interrupted: the current run checkpointed; run the same command again to resume", flush=True)

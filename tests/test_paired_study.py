@@ -22,15 +22,23 @@ def test_paired_difference_is_the_mean_with_a_student_t_interval() -> None:
         paired_difference([1.0], [1.0, 2.0])
 
 
-def _record(runs: Path, run: paired_study.Run, curve: list[float], merged: float = 0.0, routes: float = 0.0) -> None:
-    out = runs / run.name
-    out.mkdir(parents=True)
+def _record(records: Path, run: paired_study.Run, curve: list[float], merged: float = 0.0,
+            routes: float = 0.0) -> None:
     hist = [{"step": 250 * (i + 1), "dev_accuracy": acc, "dev_loss": 1 - acc} for i, acc in enumerate(curve)]
-    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
-    result = {"run": run.__dict__, "train": {"score": max(curve), "best_step": 0}, "seconds": 10.0 * len(curve)}
+    result = {"run": run.__dict__, "train": {"score": max(curve), "best_step": 0}, "seconds": 10.0 * len(curve),
+              "history": hist}
     if run.variant.startswith("adamix"):
         result["routes"] = {"score": merged, "random_routes": {"mean": routes}}
-    (out / "result.json").write_text(json.dumps(result))
+    records.mkdir(parents=True, exist_ok=True)
+    paired_study.record_path(records, run).write_text(json.dumps(result))
+
+
+def test_a_recorded_run_is_never_trained_again(tmp_path: Path) -> None:
+    run = paired_study.Run("sst2", "lora", 3)
+    _record(tmp_path / "records", run, [0.8])
+    # No GLUE folder and no scratch: training would fail at once, so True means it was skipped.
+    assert paired_study.execute(run, tmp_path / "scratch", tmp_path / "records", tmp_path / "no-glue")
+    assert not (tmp_path / "scratch").exists()
 
 
 def test_report_pairs_seeds_at_equal_steps_and_equal_compute(tmp_path: Path) -> None:

@@ -11,6 +11,13 @@ from trainer.embedding import EMBEDDING_LOSSES
 from trainer.methods import METHODS, REGRESSION_CONSISTENCY
 
 
+def _lora_targets(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(","))
+    if not targets or any(t not in ("query", "key", "value") for t in targets) or len(set(targets)) != len(targets):
+        raise argparse.ArgumentTypeError(f"expected distinct names of query,key,value, got {text!r}")
+    return targets
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train an AdaMix adapter on labelled data and export it",
                               description="Train an AdaMix mixture (or a baseline) on a labelled data set, keep the "
@@ -35,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--experts", type=int, help="experts M (default 4 for adamix*, 1 for the baselines)")
     m.add_argument("--bottleneck", type=int, default=16, help="adapter bottleneck r (default 16)")
     m.add_argument("--lora-r", type=int, default=4, help="LoRA rank (default 4)")
+    m.add_argument("--placement", choices=("ffn", "attention", "both"), default="ffn",
+                   help="adapter sites: after the FFN output (default, the paper's), after the attention output, "
+                        "or both")
+    m.add_argument("--lora-targets", type=_lora_targets, default=("query", "value"),
+                   help="LoRA: comma-separated attention projections to adapt, of query,key,value (default "
+                        "query,value)")
     m.add_argument("--consistency-weight", type=float, default=1.0, help="lambda of the consistency KL (default 1)")
     m.add_argument("--regression-consistency", choices=REGRESSION_CONSISTENCY, default="none",
                    help="AdaMix on a regression head (STS-B): 'mse' adds lambda * MSE between the two stochastic "

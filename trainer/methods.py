@@ -27,7 +27,8 @@ METHODS: dict[str, Method] = {
 
 
 def adamix_config(method: str, bottleneck: int = 16, num_experts: int | None = None, lora_r: int = 4,
-                  consistency_weight: float = 1.0, seed: int = 0) -> AdaMixConfig | None:
+                  consistency_weight: float = 1.0, seed: int = 0, placement: str = "ffn",
+                  lora_targets: tuple[str, ...] = ("query", "value")) -> AdaMixConfig | None:
     """The AdaMixConfig a method trains (None for full fine-tuning); share_up as in the paper."""
     spec = METHODS[method]
     if spec.kind is None:
@@ -37,7 +38,8 @@ def adamix_config(method: str, bottleneck: int = 16, num_experts: int | None = N
         raise ValueError(f"--method {method} is the single-module baseline (M=1); use --method "
                          f"{'adamix' if spec.kind == 'adapter' else 'adamix-lora'} for M={experts}")
     return AdaMixConfig(kind=spec.kind, num_experts=experts, bottleneck=bottleneck, lora_r=lora_r,
-                        consistency_weight=consistency_weight, seed=seed)
+                        consistency_weight=consistency_weight, seed=seed, placement=placement,
+                        lora_targets=tuple(lora_targets))
 
 
 def build_model(method: str, backbone: nn.Module, task: TaskSpec, config: AdaMixConfig | None,

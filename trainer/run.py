@@ -50,7 +50,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         task = TaskSpec(type=data.task_type, labels=data.labels, pooling=args.pooling, max_seq_len=args.max_seq_len,
                         embedding_dim=args.projection_dim)
         config = adamix_config(args.method, args.bottleneck, args.experts, args.lora_r, args.consistency_weight,
-                               args.seed)
+                               args.seed, args.placement, args.lora_targets)
         model = build_model(args.method, backbone, task, config, args.seed)
         cfg = TrainConfig(method=args.method, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                           batch_size=args.batch_size, group_by_length=not args.no_group_by_length,

@@ -52,6 +52,26 @@ def test_train_then_eval_on_real_rte_rows(tiny_bert_dir: Path, rte_dir: Path, tm
     assert "glue/rte dev accuracy:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("extra, expect", [
+    (["--placement", "both"], {"kind": "adapter", "placement": "both", "num_experts": 4}),
+    (["--method", "lora", "--lora-targets", "query,key,value"],
+     {"kind": "lora", "lora_targets": ("query", "key", "value"), "num_experts": 1}),
+])
+def test_train_site_options_reach_the_file(tiny_bert_dir: Path, rte_dir: Path, tmp_path: Path, extra: list[str],
+                                           expect: dict) -> None:
+    out = tmp_path / "rte.safetensors"
+    assert _train(tiny_bert_dir, rte_dir, out, *extra) == 0
+    config = read_adapter_file(out, load_backbone(tiny_bert_dir)[2]).config
+    assert {k: getattr(config, k) for k in expect} == expect
+
+
+def test_train_refuses_unknown_lora_targets(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--glue-task", "rte", "--data", "RTE", "--output", "x.safetensors",
+              "--lora-targets", "query,dense"])
+    assert "expected distinct names of query,key,value, got 'query,dense'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--glue-task", "rte", "--output", "x.safetensors"], "needs --data"),
     (["--glue-task", "rte", "--data", "/nonexistent/RTE", "--output", "x.safetensors"], "does not exist"),
