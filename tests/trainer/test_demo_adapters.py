@@ -64,3 +64,38 @@ def test_shipped_demos_answer_the_readme_examples_right() -> None:
         near, far = (float(stsb(**tokenizer("A cat sits on the mat.", other, return_tensors="pt"))[0])
                      for other in ("A cat is sitting on a rug.", "The stock market fell sharply today."))
     assert near > far + 1.5, (near, far)
+
+
+# `adamix eval FILE` on the data each demo was scored on (train_demo_adapters.sh), against its provenance score.
+EVAL_DATA = {"sst2": "SST-2", "stsb": "STS-B", "cola": "CoLA", "qnli": None}  # None: the split_glue.py held-out part
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_adamix_eval_reproduces_the_provenance_score(task: str, shared_data: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import json
+    import sys
+
+    from adamix.cli import main
+
+    sys.path.insert(0, str(DEMO.parents[1] / "benchmarks"))
+    import split_glue
+
+    if EVAL_DATA[task] is None:
+        split_glue.split(task, shared_data / "glue" / split_glue.SPLITS[task][0], tmp_path / task)
+        data = tmp_path / task
+    else:
+        data = shared_data / "glue" / EVAL_DATA[task]
+    path = DEMO / f"{task}.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demos were trained and scored: the same float rounding
+    try:
+        capsys.readouterr()
+        assert main(["eval", str(path), "--glue-task", task, "--data", str(data), "--json"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    prov = read_adapter_file(path).provenance
+    assert (got["metric"], got["examples"]) == (prov["metric"], prov["dev_examples"])
+    assert got["score"] == pytest.approx(prov["score"], abs=1e-6)
