@@ -40,7 +40,7 @@ for task in ${@:-sst2 stsb cola qnli}; do
     cola)  # GLUE CoLA train + its unacceptable rows twice + 1,500 rule-made minimal pairs; dev unchanged
       "$PY" benchmarks/cola_augment.py "$GLUE/CoLA" "$PREP/cola-mix" --duplicate-unacceptable --synthetic 1500 \
         --no-word-order
-      train cola "$PREP/cola-mix" --bottleneck 16 --epochs 10 --lr 3e-3 --max-seq-len 48 --eval-every 197 \
+      train cola "$PREP/cola-mix" --bottleneck 16 --epochs 20 --lr 3e-3 --max-seq-len 48 --eval-every 197 \
         --checkpoint-every 197 ;;
     qnli)  # QNLI here has only the GLUE dev set: a fixed 4,000-row train part and 1,463 held-out rows
       "$PY" benchmarks/split_glue.py qnli "$GLUE/QNLI" "$PREP/qnli-split"
