@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from procs import free_port  # noqa: E402
 from server.auth import hash_key  # noqa: E402
 
 HOSTILE_TEXT = "unbelievably " * 1100  # ~14 KB: 64 of them fill most of the 1 MB body cap
 VICTIM_TEXTS = ["The book was written by John.", "The book was wrote by John.", "She sings beautifully.",
                 "Him and me went to the store yesterday."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:

@@ -33,7 +33,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import KEY, ROOT, RawClient, closed_loop, glue_inputs, synthetic_adapter, wait_ready  # noqa: E402
+from load import KEY, ROOT, RawClient, closed_loop, glue_inputs, synthetic_adapter  # noqa: E402
+from procs import free_port, wait_ready  # noqa: E402
 from stats import paired_ratio  # noqa: E402
 
 from adamix import load_backbone  # noqa: E402
@@ -58,14 +59,6 @@ def router_conf(work: Path, replicas: list[int], port: int, affinity: bool) -> P
     path = work / f"nginx-{port}.conf"
     path.write_text(text)
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zipf_tasks(n_tasks: int, s: float, n: int, seed: int = 0) -> list[str]:

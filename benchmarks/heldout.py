@@ -14,14 +14,13 @@ as BLiMP scores language models); the table also gives the plain accuracy over a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procs import free_port, wait_ready  # noqa: E402
 from results_md import write_section  # noqa: E402
 from trainer.metrics import pearson, spearman  # noqa: E402
 
@@ -92,33 +92,17 @@ def table(scores: dict[str, dict[str, float]], label: str) -> str:
     return "\n".join(lines + [END]) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_score() -> dict[str, dict[str, float]]:
     """Start `adamix serve` (demo adapters, a temporary registry) on 127.0.0.1, score, stop that process."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "adamix.cli", "serve", "--host", "127.0.0.1", "--port",
                                  str(port), "--registry", str(Path(tmp) / "registry")],
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"adamix serve did not become ready (exit code {proc.poll()})")
-                time.sleep(0.5)
-            return score_sets(http_post(url, None))
+            asyncio.run(wait_ready(port, proc, timeout=180))
+            return score_sets(http_post(f"http://127.0.0.1:{port}", None))
         finally:
             proc.terminate()
             proc.wait(timeout=60)

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adamix import AdaMixConfig, AdapterFile, TaskSpec, load_backbone  # noqa: E402
+from procs import wait_ready  # noqa: E402
 from adamix.adapter_file import adapter_to_bytes, expected_shapes  # noqa: E402
 from server.auth import hash_key  # noqa: E402
 from server.responses import predictions  # noqa: E402
@@ -144,24 +145,6 @@ def start_server(registry: Path, keys: Path, port: int, args: argparse.Namespace
            "ADAMIX_MAX_WAIT_MS": str(args.max_wait_ms), "ADAMIX_MAX_BATCH_ROWS": str(args.max_batch_rows)}
     return subprocess.Popen([sys.executable, "-m", "adamix.cli", "serve", "--port", str(port), "--registry",
                              str(registry), "--api-keys", str(keys)], cwd=ROOT, env=env)
-
-
-async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            ok = (await reader.readline()).split()[1] == b"200"
-            writer.close()
-            if ok:
-                return
-        except (OSError, IndexError):
-            pass
-        await asyncio.sleep(0.2)
-    raise SystemExit("server not ready")
 
 
 async def http_get(port: int, path: str) -> str:
