@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Kind = Literal["adapter", "lora"]
 Placement = Literal["ffn", "attention", "both"]
+LORA_TARGETS = ("query", "key", "value")  # the attention projections LoRA may adapt
 
 
 @dataclass
@@ -56,7 +57,7 @@ class AdaMixConfig:
         self._check("lora_dropout", _is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "in [0, 1)")
         self._check(
             "lora_targets",
-            len(self.lora_targets) > 0 and all(t in ("query", "key", "value") for t in self.lora_targets)
+            len(self.lora_targets) > 0 and all(t in LORA_TARGETS for t in self.lora_targets)
             and len(set(self.lora_targets)) == len(self.lora_targets),
             "a non-empty subset of ('query', 'key', 'value') without repeats",
         )

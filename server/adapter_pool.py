@@ -27,6 +27,7 @@ from torch import nn
 
 from adamix import AdaMixConfig
 from adamix.adapter_file import AdapterWeights
+from adamix.config import LORA_TARGETS
 from adamix.layers import layer_features
 from adamix.model import site_names
 from server import packing
@@ -54,7 +55,7 @@ class BatchPlan:
 def pool_site_specs(backbone: nn.Module, model_type: str, num_layers: int) -> dict[str, SiteSpec]:
     """Every site any adapter file can use in this backbone."""
     adapter = site_names(AdaMixConfig(kind="adapter", placement="both"), model_type, num_layers)
-    lora = site_names(AdaMixConfig(kind="lora", lora_targets=("query", "key", "value")), model_type, num_layers)
+    lora = site_names(AdaMixConfig(kind="lora", lora_targets=LORA_TARGETS), model_type, num_layers)
     specs = {}
     for kind, names in (("adapter", adapter), ("lora", lora)):
         for name in names:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from adamix.config import LORA_TARGETS
 from adamix.losses import EMBEDDING_SCALE
 from trainer.data import DataError, add_data_arguments
 from trainer.embedding import EMBEDDING_LOSSES
@@ -13,8 +14,8 @@ from trainer.methods import METHODS, REGRESSION_CONSISTENCY
 
 def _lora_targets(text: str) -> tuple[str, ...]:
     targets = tuple(t.strip() for t in text.split(","))
-    if not targets or any(t not in ("query", "key", "value") for t in targets) or len(set(targets)) != len(targets):
-        raise argparse.ArgumentTypeError(f"expected distinct names of query,key,value, got {text!r}")
+    if any(t not in LORA_TARGETS for t in targets) or len(set(targets)) != len(targets):
+        raise argparse.ArgumentTypeError(f"expected distinct names of {','.join(LORA_TARGETS)}, got {text!r}")
     return targets
 
 
