@@ -1,6 +1,8 @@
 """The demo adapters shipped in server/demo_adapters/: valid for the default backbone, small, never MRPC."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,10 @@ import pytest
 import torch
 
 from adamix import load_backbone, read_adapter_file, task_model_from_adapter
+from adamix.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import split_glue  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[2] / "server" / "demo_adapters"
 # (provenance dataset, metric, floor). Floors (issue 12): accuracy at least 10 points above the majority class of
@@ -74,14 +80,6 @@ EVAL_DATA = {"sst2": "SST-2", "stsb": "STS-B", "cola": "CoLA", "qnli": None}  # 
 @pytest.mark.parametrize("task", sorted(EXPECTED))
 def test_adamix_eval_reproduces_the_provenance_score(task: str, shared_data: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
-    import json
-    import sys
-
-    from adamix.cli import main
-
-    sys.path.insert(0, str(DEMO.parents[1] / "benchmarks"))
-    import split_glue
-
     if EVAL_DATA[task] is None:
         split_glue.split(task, shared_data / "glue" / split_glue.SPLITS[task][0], tmp_path / task)
         data = tmp_path / task
