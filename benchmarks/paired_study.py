@@ -110,34 +110,42 @@ def execute(run: Run, runs_dir: Path, records: Path, glue: Path) -> bool:
         return True
     out = runs_dir / run.name
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    if record_path(records, run).is_file():  # the other driver finished it meanwhile
-        return True
+    with open(out / ".lock", "w") as lock:  # held while this driver trains the run
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if not record_path(records, run).is_file():  # else the other driver finished it meanwhile
+            _train(run, out, records, glue)
+    return True
+
+
+def _train(run: Run, out: Path, records: Path, glue: Path) -> None:
     resume = (out / "ckpt").is_dir() and any((out / "ckpt").iterdir())
     argv = train_argv(run, out, glue, resume)
     print(f"[{time.strftime('%H:%M:%S')}] {run.name}: " + " ".join(argv[2:]), flush=True)
     spent = json.loads((out / "seconds.json").read_text())["seconds"] if (out / "seconds.json").is_file() else 0.0
     start = time.perf_counter()
-    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(out / "train.err", "a"), text=True)
+    # SIGINT at its default in the trainer: a driver started in the background (`nohup ... &`) inherits it
+    # ignored, and a trainer that ignores it never checkpoints when the driver forwards an interruption.
+    with open(out / "train.err", "a") as err:
+        child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
-    def forward(signum, _frame):  # the trainer checkpoints on SIGINT; then this driver stops
-        child.send_signal(signal.SIGINT)
-        raise Interrupted(signum)
+        def forward(signum, _frame):  # the trainer checkpoints on SIGINT; then this driver stops
+            child.send_signal(signal.SIGINT)
+            raise Interrupted(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stdout, _ = child.communicate()
-    except Interrupted:
-        child.wait(timeout=300)
-        raise
-    finally:
-        (out / "seconds.json").write_text(json.dumps({"seconds": spent + time.perf_counter() - start}))
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stdout, _ = child.communicate()
+        except Interrupted:
+            child.wait(timeout=300)
+            raise
+        finally:
+            (out / "seconds.json").write_text(json.dumps({"seconds": spent + time.perf_counter() - start}))
+            for s, handler in old.items():
+                signal.signal(s, handler)
     if child.returncode != 0:
         raise RuntimeError(f"{run.name}: adamix train exited {child.returncode}; see {out / 'train.err'}")
     result = {"run": run.__dict__, "train": _last_json(stdout),
@@ -153,7 +161,6 @@ def execute(run: Run, runs_dir: Path, records: Path, glue: Path) -> bool:
     atomic_write(record_path(records, run), (json.dumps(result, indent=1) + "\n").encode())
     print(f"[{time.strftime('%H:%M:%S')}] {run.name}: done, best {result['train']['score']:.4f} at step "
           f"{result['train']['best_step']} ({result['seconds'] / 60:.1f} min)", flush=True)
-    return True
 
 
 def _cell(d) -> str:

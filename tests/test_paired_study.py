@@ -60,3 +60,24 @@ def test_report_pairs_seeds_at_equal_steps_and_equal_compute(tmp_path: Path) -> 
     paired_study.write_section(results, section, paired_study.START, paired_study.END)
     paired_study.write_section(results, section, paired_study.START, paired_study.END)  # replaced, not appended
     assert results.read_text().count(paired_study.START) == 1 and "before" in results.read_text()
+
+
+def test_the_trainer_gets_sigint_at_its_default_even_from_a_background_driver(tmp_path: Path, monkeypatch) -> None:
+    """A driver under `nohup ... &` inherits SIGINT ignored; its trainer must not, or it never checkpoints."""
+    import signal
+
+    script = ("import json, signal, sys; from pathlib import Path\n"
+              "Path(sys.argv[1], 'log.jsonl').write_text(json.dumps({'step': 1, 'dev_accuracy': 0.5, 'dev_loss': 1.0}))\n"
+              "print(json.dumps({'score': 0.5, 'best_step': 1, "
+              "'sigint_default': signal.getsignal(signal.SIGINT) is signal.default_int_handler}))\n")
+    monkeypatch.setattr(paired_study, "train_argv",
+                        lambda run, out, glue, resume: [sys.executable, "-c", script, str(out)])
+    run = paired_study.Run("sst2", "lora", 4)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert paired_study.execute(run, tmp_path / "scratch", tmp_path / "records", tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    record = json.loads(paired_study.record_path(tmp_path / "records", run).read_text())
+    assert record["train"]["sigint_default"] is True
+    assert record["history"] == [{"step": 1, "dev_accuracy": 0.5, "dev_loss": 1.0}]
