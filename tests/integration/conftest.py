@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import torch
 
 from adamix import AdapterFile, load_backbone, task_model_from_adapter
 from adamix.registry import AdapterRegistry
+from benchmarks.procs import free_port
 from tests.conftest import save_tiny_backbone
 from tests.server.helpers import adapter_bytes, make_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

@@ -6,6 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.procs import free_port
 from server.app import create_app
 from server.auth import hash_key
 from server.settings import Settings
@@ -162,13 +163,9 @@ def test_rate_limit_is_per_key_with_retry_after(tmp_path, tiny_backbone_dir, key
 
 
 def test_the_metrics_listener_answers_without_a_key(tmp_path, tiny_backbone_dir, keys_file):
-    import socket
-
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     settings = Settings(backbone=tiny_backbone_dir, registry=tmp_path / "reg", demo_adapters=None,
                         api_keys_file=keys_file, metrics_port=port)
     with TestClient(create_app(settings)) as c:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -10,17 +9,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from adamix import load_backbone
+from benchmarks.procs import free_port
 from tests.trainer.test_train import TASK, toy_data
 from trainer.checkpoint import trainable_state
 from trainer.distributed import assert_same_across_ranks, setup, teardown
 from trainer.loop import TrainConfig, train
 from trainer.methods import adamix_config, build_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, backbone_dir: str, out_dir: str) -> None:
@@ -51,7 +45,7 @@ def _worker(rank: int, world_size: int, port: int, backbone_dir: str, out_dir: s
 
 
 def test_two_ranks_stay_identical(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tiny_bert_dir), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1)
     for key in rank0:
