@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.procs import free_port
 from server.serve_cli import LOOPBACK_RAY_ENV
-from tests.integration.conftest import (ADMIN, OCTET, ROOT, TENANT, ServerProcess, free_port, registry_snapshot,
-                                        write_keys)
+from tests.integration.conftest import ADMIN, OCTET, ROOT, TENANT, ServerProcess, registry_snapshot, write_keys
 from tests.server.helpers import adapter_bytes, assert_same, make_adapter
 
 pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
