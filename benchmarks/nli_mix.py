@@ -11,17 +11,11 @@ copied unchanged, so the score is an RTE dev score that no training row came fro
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import shutil
 from pathlib import Path
 
-NLI_LABELS = ("entailment", "not_entailment")
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+from trainer.data import load_glue
 
 
 def clean(text: str) -> str:
@@ -29,16 +23,13 @@ def clean(text: str) -> str:
 
 
 def pairs(rte: Path, qnli_split: Path, stsb: Path | None) -> list[tuple[str, str, str]]:
-    rows = [(r["sentence1"], r["sentence2"], r["label"]) for r in read_tsv(rte / "train.tsv")]
-    rows += [(r["sentence"], r["question"], r["label"]) for r in read_tsv(qnli_split / "train.tsv")]
+    """(premise, hypothesis, label) rows, read and validated by the trainer's GLUE loader."""
+    nli = load_glue("rte", rte)
+    rows = [(e.text, e.text_pair, nli.labels[e.label]) for e in nli.train]
+    rows += [(e.text_pair, e.text, nli.labels[e.label]) for e in load_glue("qnli", qnli_split).train]
     if stsb is not None:
-        for r in read_tsv(stsb / "train.tsv"):
-            score = float(r["score"])
-            if score >= 4.0 or score <= 1.0:
-                rows.append((r["sentence1"], r["sentence2"], NLI_LABELS[score <= 1.0]))
-    bad = {label for *_, label in rows} - set(NLI_LABELS)
-    if bad:
-        raise SystemExit(f"unexpected labels {sorted(bad)}; expected {NLI_LABELS}")
+        rows += [(e.text, e.text_pair, nli.labels[e.label <= 1.0]) for e in load_glue("stsb", stsb).train
+                 if e.label >= 4.0 or e.label <= 1.0]
     return [(clean(a), clean(b), label) for a, b, label in rows]
 
 
@@ -55,7 +46,7 @@ def main() -> None:
     data = "".join(lines).encode()
     (args.out / "train.tsv").write_bytes(data)
     shutil.copyfile(args.rte / "dev.tsv", args.out / "dev.tsv")
-    counts = {label: sum(y == label for *_, y in rows) for label in NLI_LABELS}
+    counts = {label: sum(y == label for *_, y in rows) for label in sorted({y for *_, y in rows})}
     print(f"{args.out / 'train.tsv'}: {len(rows)} rows {counts}, sha256 {hashlib.sha256(data).hexdigest()}")
 
 
