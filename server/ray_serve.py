@@ -136,14 +136,15 @@ class AdamixReplica:
 
     @serve.multiplexed(max_num_models_per_replica=TASKS_PER_REPLICA)
     async def hold(self, task: str) -> str:
-        """Ray's record that this replica serves `task`; the engine loads the adapter on first use."""
+        """Ray's record that this replica serves `task`, made once it has answered a request for it (the engine
+        loads the adapter on first use); names it refused never enter Ray's routing table."""
         return task
 
     async def handle(self, request: Forwarded) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        task = serve.get_multiplexed_model_id()
-        if task:
-            await self.hold(task)
         status, headers, body = await call_asgi(self.app, request)
+        task = serve.get_multiplexed_model_id()
+        if task and status < 400:  # a refused request (unknown task, no key, overload) holds nothing
+            await self.hold(task)
         return status, [*headers, (REPLICA_HEADER.encode(), self.name.encode())], body
 
     def check_health(self) -> None:
