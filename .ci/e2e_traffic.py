@@ -5,7 +5,7 @@
   ADAMIX_API_KEY=<admin key> e2e_traffic.py ROUTER_URL PROMETHEUS_URL ADAPTER_FILE REPLICA_URL...
 
 Through the router: a prediction without the key is refused (401) and the router passes X-Request-Id; then, with
-the key, predictions for the four demo tasks (concurrently, so batches mix tasks), one invalid request (422), and
+the key, predictions for the five demo tasks (concurrently, so batches mix tasks), one invalid request (422), and
 one upload of ADAPTER_FILE under a new task name, which then serves. Then polls Prometheus's HTTP API until
 `adamix_requests_total` counts every request sent, checks that every replica's scrape target is up and the alert
 rules are loaded and healthy, and that each task's requests all landed on one replica (the consistent hash). Last,
@@ -29,6 +29,7 @@ DEMO_INPUTS = {
     "sst2": ["a gripping, funny and humane film", "the plot is thin and the jokes fall flat"],
     "cola": ["The book was written by John.", "Book the John written was by."],
     "qnli": [{"text": "Where is the Eiffel Tower?", "text_pair": "The Eiffel Tower is in Paris."}],
+    "nli": [{"text": "The Eiffel Tower is in Paris.", "text_pair": "The Eiffel Tower is located in France."}],
     "stsb": [{"text": "A man is playing a guitar.", "text_pair": "A person plays an instrument."}],
 }
 UPLOADED = "sst2-uploaded"

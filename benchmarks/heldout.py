@@ -2,7 +2,8 @@
 
 The sets in benchmarks/heldout/ were written for this project (no corpus's rows, so no licence but the
 project's) and are never used to train or to pick a recipe: movie-review snippets (sst2), grammatical /
-ungrammatical minimal pairs (cola), question / sentence pairs (qnli) and scored sentence pairs (stsb).
+ungrammatical minimal pairs (cola), question / sentence pairs (qnli), premise / hypothesis pairs (nli) and
+scored sentence pairs (stsb).
 
     python benchmarks/heldout.py                          # starts `adamix serve` on 127.0.0.1 (demo adapters)
     python benchmarks/heldout.py --url http://127.0.0.1:8000 [--api-key KEY]
@@ -61,6 +62,10 @@ def score_sets(post: Post) -> dict[str, dict[str, float]]:
     got = post("qnli", [{"text": r["question"], "text_pair": r["sentence"]} for r in qa])
     out["qnli"] = {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, qa)), "n": len(qa)}
 
+    nli = rows("entailment.tsv")
+    got = post("nli", [{"text": r["premise"], "text_pair": r["hypothesis"]} for r in nli])
+    out["nli"] = {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, nli)), "n": len(nli)}
+
     rel = rows("relatedness.tsv")
     values = [p["value"] for p in post("stsb", [{"text": r["sentence1"], "text_pair": r["sentence2"]} for r in rel])]
     gold = np.array([float(r["score"]) for r in rel])
@@ -85,7 +90,7 @@ def table(scores: dict[str, dict[str, float]], label: str) -> str:
              "`benchmarks/heldout/`, were written for this project and never used to train or to choose a recipe.",
              "", "| demo | held-out set | rows | score |", "|---|---|---|---|"]
     names = {"sst2": "movie-review snippets", "cola": "minimal pairs (acceptable / unacceptable)",
-             "qnli": "question / sentence pairs", "stsb": "scored sentence pairs (0-5)"}
+             "qnli": "question / sentence pairs", "nli": "premise / hypothesis pairs", "stsb": "scored sentence pairs (0-5)"}
     for task, s in scores.items():
         cells = ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k != "n")
         lines.append(f"| `{task}` | {names[task]} | {s['n']:.0f} | {cells} |")

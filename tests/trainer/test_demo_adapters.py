@@ -17,9 +17,11 @@ import split_glue  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[2] / "server" / "demo_adapters"
 # (provenance dataset, metric, floor). Floors (issue 12): accuracy at least 10 points above the majority class of
-# the dev set scored (SST-2 dev 0.509; QNLI held-out part 0.503), MCC 0.30, Pearson 0.80; SST-2 keeps its 0.85.
+# the dev set scored (SST-2 dev 0.509; QNLI held-out part 0.503; RTE dev 0.527), MCC 0.30, Pearson 0.80; SST-2
+# keeps its 0.85. `nli` trains on RTE + QNLI + STS-B pairs in RTE's layout and is scored on RTE dev.
 EXPECTED = {"sst2": ("glue/sst2", "accuracy", 0.85), "stsb": ("glue/stsb", "pearson", 0.80),
-            "qnli": ("glue/qnli", "accuracy", 0.603), "cola": ("glue/cola", "matthews", 0.30)}
+            "qnli": ("glue/qnli", "accuracy", 0.603), "cola": ("glue/cola", "matthews", 0.30),
+            "nli": ("glue/rte", "accuracy", 0.627)}
 # QNLI here has only the GLUE dev set: the demo trains on a fixed 4,000-row part of it and is scored on the other
 # 1,463 rows (benchmarks/split_glue.py qnli); a score on all 5,463 would include its own training rows.
 SPLIT_SIZES = {"qnli": (4000, 1463)}
@@ -49,7 +51,10 @@ def test_shipped_demo_adapters_are_valid_and_meet_their_targets() -> None:
 README_EXAMPLES = {"sst2": [("a gripping, beautifully acted film", "positive"), ("a tedious mess", "negative")],
                    "cola": [("The book was written by John.", "acceptable"), ("The book was wrote by John.",
                                                                             "unacceptable")],
-                   "qnli": [(("Where is the Eiffel Tower?", "The Eiffel Tower is in Paris."), "entailment")]}
+                   "qnli": [(("Where is the Eiffel Tower?", "The Eiffel Tower is in Paris."), "entailment")],
+                   "nli": [(("The Eiffel Tower is in Paris.", "The Eiffel Tower is located in France."), "entailment"),
+                           (("A man is playing a guitar on stage.", "A woman is swimming in a lake."),
+                            "not_entailment")]}
 
 
 @pytest.mark.slow
@@ -73,24 +78,27 @@ def test_shipped_demos_answer_the_readme_examples_right() -> None:
 
 
 # `adamix eval FILE` on the data each demo was scored on (train_demo_adapters.sh), against its provenance score.
-EVAL_DATA = {"sst2": "SST-2", "stsb": "STS-B", "cola": "CoLA", "qnli": None}  # None: the split_glue.py held-out part
+# (GLUE task, folder); folder None: the split_glue.py held-out part.
+EVAL_DATA = {"sst2": ("sst2", "SST-2"), "stsb": ("stsb", "STS-B"), "cola": ("cola", "CoLA"), "qnli": ("qnli", None),
+             "nli": ("rte", "RTE")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(EXPECTED))
 def test_adamix_eval_reproduces_the_provenance_score(task: str, shared_data: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
-    if EVAL_DATA[task] is None:
-        split_glue.split(task, shared_data / "glue" / split_glue.SPLITS[task][0], tmp_path / task)
+    glue_task, folder = EVAL_DATA[task]
+    if folder is None:
+        split_glue.split(glue_task, shared_data / "glue" / split_glue.SPLITS[glue_task][0], tmp_path / task)
         data = tmp_path / task
     else:
-        data = shared_data / "glue" / EVAL_DATA[task]
+        data = shared_data / "glue" / folder
     path = DEMO / f"{task}.safetensors"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demos were trained and scored: the same float rounding
     try:
         capsys.readouterr()
-        assert main(["eval", str(path), "--glue-task", task, "--data", str(data), "--json"]) == 0
+        assert main(["eval", str(path), "--glue-task", glue_task, "--data", str(data), "--json"]) == 0
     finally:
         torch.set_num_threads(threads)
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
