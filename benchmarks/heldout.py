@@ -43,12 +43,16 @@ def rows(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def accuracy(got: list[dict], gold: list[dict[str, str]]) -> dict[str, float]:
+    """A classification demo's predictions against the set's `label` column."""
+    return {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, gold)), "n": len(gold)}
+
+
 def score_sets(post: Post) -> dict[str, dict[str, float]]:
     """Every demo on its held-out set: {task: {metric: value, "n": rows}}."""
     out: dict[str, dict[str, float]] = {}
     sent = rows("sentiment.tsv")
-    got = post("sst2", [r["sentence"] for r in sent])
-    out["sst2"] = {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, sent)), "n": len(sent)}
+    out["sst2"] = accuracy(post("sst2", [r["sentence"] for r in sent]), sent)
 
     pairs = rows("minimal_pairs.tsv")
     good = post("cola", [r["acceptable"] for r in pairs])
@@ -59,12 +63,10 @@ def score_sets(post: Post) -> dict[str, dict[str, float]]:
                    "accuracy": statistics.mean(labels), "n": len(pairs)}
 
     qa = rows("question_answer.tsv")
-    got = post("qnli", [{"text": r["question"], "text_pair": r["sentence"]} for r in qa])
-    out["qnli"] = {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, qa)), "n": len(qa)}
+    out["qnli"] = accuracy(post("qnli", [{"text": r["question"], "text_pair": r["sentence"]} for r in qa]), qa)
 
     nli = rows("entailment.tsv")
-    got = post("nli", [{"text": r["premise"], "text_pair": r["hypothesis"]} for r in nli])
-    out["nli"] = {"accuracy": statistics.mean(p["label"] == r["label"] for p, r in zip(got, nli)), "n": len(nli)}
+    out["nli"] = accuracy(post("nli", [{"text": r["premise"], "text_pair": r["hypothesis"]} for r in nli]), nli)
 
     rel = rows("relatedness.tsv")
     values = [p["value"] for p in post("stsb", [{"text": r["sentence1"], "text_pair": r["sentence2"]} for r in rel])]
@@ -90,7 +92,8 @@ def table(scores: dict[str, dict[str, float]], label: str) -> str:
              "`benchmarks/heldout/`, were written for this project and never used to train or to choose a recipe.",
              "", "| demo | held-out set | rows | score |", "|---|---|---|---|"]
     names = {"sst2": "movie-review snippets", "cola": "minimal pairs (acceptable / unacceptable)",
-             "qnli": "question / sentence pairs", "nli": "premise / hypothesis pairs", "stsb": "scored sentence pairs (0-5)"}
+             "qnli": "question / sentence pairs", "nli": "premise / hypothesis pairs",
+             "stsb": "scored sentence pairs (0-5)"}
     for task, s in scores.items():
         cells = ", ".join(f"{k} {v:.3f}" for k, v in s.items() if k != "n")
         lines.append(f"| `{task}` | {names[task]} | {s['n']:.0f} | {cells} |")

@@ -27,7 +27,7 @@ def test_demos_meet_their_floors_on_held_out_text() -> None:
     if not sorted(DEMO_ADAPTERS_DIR.glob("*.safetensors")):
         pytest.skip("no demo adapters shipped")
     scores = heldout.serve_and_score()
-    assert {task: s["n"] for task, s in scores.items()} == {"sst2": 50, "cola": 40, "qnli": 40, "nli": 40,
-                                                                  "stsb": 30}
+    rows = {"sst2": 50, "cola": 40, "qnli": 40, "nli": 40, "stsb": 30}
+    assert {task: s["n"] for task, s in scores.items()} == rows
     low = {key: scores[key[0]][key[1]] for key, floor in FLOORS.items() if scores[key[0]][key[1]] < floor}
     assert not low, low

@@ -97,8 +97,13 @@ def fleet(cluster, ops_backbone, tmp_path_factory):
     from adamix.registry import AdapterRegistry
 
     store = AdapterRegistry(registry, info)
-    for i, task in enumerate(("team-a", "team-b", "ops-c")):
-        store.publish(task, adapter_bytes(make_adapter(model, info, r=4, seed=70 + i)))
+
+    def publish(tasks: tuple[str, ...], seed: int) -> None:
+        """A random rank-4 adapter per task, published into the fleet's registry."""
+        for i, task in enumerate(tasks):
+            store.publish(task, adapter_bytes(make_adapter(model, info, r=4, seed=seed + i)))
+
+    publish(("team-a", "team-b", "ops-c"), seed=70)
     port = free_port()
     args = ["--backbone", str(ops_backbone[0]), "--registry", str(registry), "--api-keys", str(keys),
             "--registry-poll-s", "0.2"]
@@ -111,8 +116,8 @@ def fleet(cluster, ops_backbone, tmp_path_factory):
                               cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
-    return types.SimpleNamespace(url=f"http://127.0.0.1:{port}", deploy=deploy, args=args, registry=registry,
-                                 base=base)
+    return types.SimpleNamespace(url=f"http://127.0.0.1:{port}", deploy=deploy, publish=publish, args=args,
+                                 registry=registry, base=base)
 
 
 def _predict(url: str, task: str, headers=ADMIN, texts=("a fine film", "dull")) -> httpx.Response:
@@ -215,17 +220,12 @@ def test_the_same_client_suite_as_one_process(fleet, ops_backbone, versions):
         single.stop()
 
 
-def test_a_tasks_requests_go_to_one_replica(fleet, ops_backbone):
+def test_a_tasks_requests_go_to_one_replica(fleet):
     fleet.deploy(2)
     # Tasks no earlier test has routed: the tests before this one sent concurrent traffic, which may have spread
     # their tasks over both replicas (as Ray spreads a hot task), and Ray never takes that back.
-    from adamix.registry import AdapterRegistry
-
-    _, model, _, info = ops_backbone
-    store = AdapterRegistry(fleet.registry, info)
     tasks = ("aff-a", "aff-b", "aff-c")
-    for i, task in enumerate(tasks):
-        store.publish(task, adapter_bytes(make_adapter(model, info, r=4, seed=80 + i)))
+    fleet.publish(tasks, seed=80)
     # A task's first request makes one replica hold it. Ray's routers learn that through its controller, and
     # until they do (about 0.1 s idle; seconds on a loaded 2-core machine, beyond Ray's 1 to 2 s matching wait) a
     # second request may go to another replica, which then holds the task too. This checks the steady state,
