@@ -1,8 +1,9 @@
 """Keep glibc's malloc from handing a forward's freed activations back to the kernel between forwards.
 
 By default glibc serves large blocks with fresh `mmap`s and trims the heap's free top after each free, so
-every forward pays again for first-touch page faults on its activation buffers: measured here, 5,000 to
-12,000 minor faults and 3 to 5% of a 64-row MiniLM forward's CPU time, varying from call to call (the noise
+forwards pay again for first-touch page faults on their activation buffers (in about three processes in four:
+glibc's own dynamic threshold sometimes settles): measured here, 5,000 to 12,000 minor faults and 3 to 5% of a
+64-row MiniLM forward's CPU time, varying from call to call (the noise
 that kept `benchmarks/serving.py` from resolving 2%). `tune()` raises both thresholds, so blocks up to
 `MMAP_THRESHOLD` come from the heap and a freed top under `TRIM_THRESHOLD` stays mapped for the next forward:
 after one warm-up forward, 0 faults. The cost is that the process keeps its peak working set below
