@@ -3,8 +3,8 @@
 By default glibc serves large blocks with fresh `mmap`s and trims the heap's free top after each free, so
 forwards pay again for first-touch page faults on their activation buffers (in about three processes in four:
 glibc's own dynamic threshold sometimes settles): measured here, 5,000 to 12,000 minor faults and 3 to 5% of a
-64-row MiniLM forward's CPU time, varying from call to call (the noise
-that kept `benchmarks/serving.py` from resolving 2%). `tune()` raises both thresholds, so blocks up to
+64-row MiniLM forward's CPU time, varying from call to call (the noise that kept `benchmarks/serving.py` from
+resolving 2%). `tune()` raises both thresholds, so blocks up to
 `MMAP_THRESHOLD` come from the heap and a freed top under `TRIM_THRESHOLD` stays mapped for the next forward:
 after one warm-up forward, 0 faults. The cost is that the process keeps its peak working set below
 `TRIM_THRESHOLD` resident instead of returning it. A no-op off glibc (musl, macOS) and where another
